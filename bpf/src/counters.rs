@@ -88,7 +88,10 @@ mod tests {
 
     #[test]
     fn sums_over_cpus() {
-        let c = QueueCounters::sum_per_cpu(&[cpu([3, 2, 1, 2, 1, 0, 0, 0]), cpu([5, 4, 4, 1, 0, 1, 0, 0])]);
+        let c = QueueCounters::sum_per_cpu(&[
+            cpu([3, 2, 1, 2, 1, 0, 0, 0]),
+            cpu([5, 4, 4, 1, 0, 1, 0, 0]),
+        ]);
         assert_eq!(c.seen, 8);
         assert_eq!(c.matched, 6);
         assert_eq!(c.redirected, 5);

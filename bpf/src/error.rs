@@ -7,11 +7,19 @@ pub enum SteerError {
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
     #[error("queue {queue} out of range: {iface} has {count} RX queue(s) (0..={max})", max = count.saturating_sub(1))]
-    QueueOutOfRange { iface: String, queue: u32, count: u32 },
+    QueueOutOfRange {
+        iface: String,
+        queue: u32,
+        count: u32,
+    },
     #[error("queue {queue} out of range: the program supports queues 0..{max}")]
     QueueTooHigh { queue: u32, max: u32 },
     #[error("{iface} already has a foreign XDP program attached (id {prog_id}, name {name:?}); use --force to replace it")]
-    ForeignProgram { iface: String, prog_id: u32, name: String },
+    ForeignProgram {
+        iface: String,
+        prog_id: u32,
+        name: String,
+    },
     #[error("nothing is attached to {0} (no steering program and no pins)")]
     NotAttached(String),
     #[error("the steering program is not attached to {iface}: no pins under {pin_dir}; run `xdp-loader attach {iface} --queue Q` first")]
@@ -29,12 +37,18 @@ pub enum SteerError {
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("{what}: {source}")]
-    Bpf { what: String, source: libbpf_rs::Error },
+    Bpf {
+        what: String,
+        source: libbpf_rs::Error,
+    },
 }
 
 impl SteerError {
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
-        Self::Io { what: what.into(), source }
+        Self::Io {
+            what: what.into(),
+            source,
+        }
     }
     pub(crate) fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> Self {
         let what = what.into();

@@ -17,8 +17,8 @@ pub mod sys;
 pub use counters::QueueCounters;
 pub use error::SteerError;
 pub use pins::{PinDir, DEFAULT_PIN_ROOT, PIN_ROOT_ENV};
-pub use program::{RuleEntry, XskEntry};
 pub use program::{AttachOptions, AttachReport, Steering, SteeringStatus, XdpMode};
+pub use program::{RuleEntry, XskEntry};
 pub use rule::{Protocol, RuleOwner, RuleParseError, SteeringRule};
 
 /// Queues the XSKMAP and the counter map have room for (`STEER_MAX_QUEUES` in steer.h).

@@ -22,12 +22,16 @@ pub struct PinDir {
 /// Names of the pinned objects inside a [`PinDir`].
 pub(crate) const MAP_NAMES: [&str; 4] = ["xsks", "rules", "config", "counters"];
 pub(crate) const PROG_NAME: &str = "prog";
+pub(crate) const PROBE_NAME: &str = "probe";
 
 impl PinDir {
     /// The pin directory of `iface` under `root` (or the default / environment root).
     pub fn new(root: Option<&Path>, iface: &str) -> Self {
         let root = root.map(Path::to_path_buf).unwrap_or_else(default_root);
-        Self { dir: root.join(iface), root }
+        Self {
+            dir: root.join(iface),
+            root,
+        }
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -40,6 +44,10 @@ impl PinDir {
     }
     pub fn prog(&self) -> PathBuf {
         self.dir.join(PROG_NAME)
+    }
+    /// The XSKMAP probe program (see `xsk_probe` in steer.bpf.c).
+    pub fn probe(&self) -> PathBuf {
+        self.dir.join(PROBE_NAME)
     }
     /// Whether any object of ours is pinned for this interface.
     pub fn exists(&self) -> bool {
@@ -55,8 +63,8 @@ impl PinDir {
     pub(crate) fn create(&self) -> Result<(), SteerError> {
         let sysfs_bpf = Path::new("/sys/fs/bpf");
         if self.root.starts_with(sysfs_bpf) {
-            let on_bpffs = sys::is_bpffs(sysfs_bpf)
-                .map_err(|e| SteerError::io("checking /sys/fs/bpf", e))?;
+            let on_bpffs =
+                sys::is_bpffs(sysfs_bpf).map_err(|e| SteerError::io("checking /sys/fs/bpf", e))?;
             if !on_bpffs {
                 sys::mount_bpffs(sysfs_bpf)
                     .map_err(|e| SteerError::io("mounting bpffs at /sys/fs/bpf", e))?;
@@ -64,12 +72,20 @@ impl PinDir {
             }
         } else {
             let parent = self.root.parent().unwrap_or(Path::new("/"));
-            let probe = if self.root.exists() { &self.root } else { parent };
-            let ok = sys::is_bpffs(probe).map_err(|e| SteerError::io(format!("checking {}", probe.display()), e))?;
+            let probe = if self.root.exists() {
+                &self.root
+            } else {
+                parent
+            };
+            let ok = sys::is_bpffs(probe)
+                .map_err(|e| SteerError::io(format!("checking {}", probe.display()), e))?;
             if !ok {
                 return Err(SteerError::io(
                     format!("pin root {} is not on a bpffs", self.root.display()),
-                    std::io::Error::other(format!("mount one with `mount -t bpf bpf {}`", probe.display())),
+                    std::io::Error::other(format!(
+                        "mount one with `mount -t bpf bpf {}`",
+                        probe.display()
+                    )),
                 ));
             }
         }
@@ -93,11 +109,15 @@ impl PinDir {
     /// Removes every pin of this interface, the directory, and the root if it is left empty.
     pub(crate) fn remove(&self) -> Result<(), SteerError> {
         if self.dir.exists() {
-            for e in fs::read_dir(&self.dir).map_err(|e| SteerError::io(format!("reading {}", self.dir.display()), e))? {
+            for e in fs::read_dir(&self.dir)
+                .map_err(|e| SteerError::io(format!("reading {}", self.dir.display()), e))?
+            {
                 let p = e.map_err(|e| SteerError::io("reading pin dir", e))?.path();
-                fs::remove_file(&p).map_err(|e| SteerError::io(format!("removing {}", p.display()), e))?;
+                fs::remove_file(&p)
+                    .map_err(|e| SteerError::io(format!("removing {}", p.display()), e))?;
             }
-            fs::remove_dir(&self.dir).map_err(|e| SteerError::io(format!("removing {}", self.dir.display()), e))?;
+            fs::remove_dir(&self.dir)
+                .map_err(|e| SteerError::io(format!("removing {}", self.dir.display()), e))?;
         }
         // Another interface may still use the root; remove_dir fails on a non-empty dir.
         let _ = fs::remove_dir(&self.root);

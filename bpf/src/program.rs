@@ -115,12 +115,33 @@ pub struct RuleEntry {
     pub owner: String,
 }
 
-/// An AF_XDP socket bound on an interface.
+/// AF_XDP sockets of one queue of an interface.
 #[derive(Debug, Clone, Serialize)]
 pub struct XskEntry {
     pub queue: u32,
-    pub inode: u32,
-    pub uid: Option<u32>,
+    /// A socket is in the XSKMAP at this queue, so matched packets are redirected to it
+    /// (`None`: the probe program could not be run).
+    pub registered: Option<bool>,
+    /// Sockets bound to this queue according to sock_diag (`None`: the kernel lacks
+    /// CONFIG_XDP_SOCKETS_DIAG).
+    pub bound: Option<u32>,
+}
+
+/// Bitmap of the queues with a socket in the XSKMAP, from the pinned probe program.
+fn registered_queues(pins: &PinDir) -> Result<u64, SteerError> {
+    let fd = libbpf_rs::Program::fd_from_pinned_path(pins.probe()).map_err(SteerError::bpf(
+        format!("opening {}", pins.probe().display()),
+    ))?;
+    let (ret, out) = sys::xdp_test_run(fd.as_fd(), &[0u8; 64])
+        .map_err(|e| SteerError::io("running the XSKMAP probe", e))?;
+    const XDP_PASS: u32 = 2;
+    match out.get(..8) {
+        Some(b) if ret == XDP_PASS => Ok(u64::from_ne_bytes(b.try_into().expect("8 bytes"))),
+        _ => Err(SteerError::io(
+            "running the XSKMAP probe",
+            std::io::Error::other(format!("verdict {ret}")),
+        )),
+    }
 }
 
 /// Privileges the control path needs; named in the error when missing.
@@ -131,7 +152,8 @@ const CONTROL_CAPS: [(u32, &str); 3] = [
 ];
 
 fn check_privileges() -> Result<(), SteerError> {
-    let missing = sys::missing_caps(&CONTROL_CAPS).map_err(|e| SteerError::io("reading capabilities", e))?;
+    let missing =
+        sys::missing_caps(&CONTROL_CAPS).map_err(|e| SteerError::io("reading capabilities", e))?;
     if missing.is_empty() {
         Ok(())
     } else {
@@ -148,7 +170,9 @@ fn check_iface_name(iface: &str) -> Result<(), SteerError> {
         && iface.len() < 16
         && iface != "."
         && iface != ".."
-        && !iface.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
+        && !iface
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
     if ok {
         Ok(())
     } else {
@@ -206,7 +230,10 @@ pub struct Steering {
 
 impl std::fmt::Debug for Steering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Steering").field("iface", &self.iface).field("pins", &self.pins).finish()
+        f.debug_struct("Steering")
+            .field("iface", &self.iface)
+            .field("pins", &self.pins)
+            .finish()
     }
 }
 
@@ -219,10 +246,17 @@ impl Steering {
         let count = sys::rx_queue_count(&opts.iface)
             .map_err(|e| SteerError::io(format!("reading the RX queues of {}", opts.iface), e))?;
         if opts.queue >= count {
-            return Err(SteerError::QueueOutOfRange { iface: opts.iface.clone(), queue: opts.queue, count });
+            return Err(SteerError::QueueOutOfRange {
+                iface: opts.iface.clone(),
+                queue: opts.queue,
+                count,
+            });
         }
         if opts.queue >= MAX_QUEUES {
-            return Err(SteerError::QueueTooHigh { queue: opts.queue, max: MAX_QUEUES });
+            return Err(SteerError::QueueTooHigh {
+                queue: opts.queue,
+                max: MAX_QUEUES,
+            });
         }
         let rules: BTreeSet<SteeringRule> = opts.rules.iter().copied().collect();
         if rules.len() > MAX_RULES as usize {
@@ -234,7 +268,11 @@ impl Steering {
         let foreign = current.filter(|(id, _)| Some(*id) != ours_id);
         if let Some((prog_id, _)) = foreign {
             if !opts.force {
-                return Err(SteerError::ForeignProgram { iface: opts.iface.clone(), prog_id, name: prog_name(prog_id) });
+                return Err(SteerError::ForeignProgram {
+                    iface: opts.iface.clone(),
+                    prog_id,
+                    name: prog_name(prog_id),
+                });
             }
         }
 
@@ -270,10 +308,15 @@ impl Steering {
                 (&mut maps.counters, "counters"),
             ] {
                 m.reuse_pinned_map(pins.map(name))
-                    .map_err(SteerError::bpf(format!("reusing pinned map {}", pins.map(name).display())))?;
+                    .map_err(SteerError::bpf(format!(
+                        "reusing pinned map {}",
+                        pins.map(name).display()
+                    )))?;
             }
         }
-        let mut skel = open.load().map_err(SteerError::bpf("loading the steering program"))?;
+        let mut skel = open
+            .load()
+            .map_err(SteerError::bpf("loading the steering program"))?;
         if !reuse {
             let maps = &mut skel.maps;
             for (m, name) in [
@@ -284,21 +327,23 @@ impl Steering {
             ] {
                 let path = pins.map(name);
                 let _ = fs::remove_file(&path); // a stale partial pin from a crash
-                m.pin(&path).map_err(SteerError::bpf(format!("pinning {}", path.display())))?;
+                m.pin(&path)
+                    .map_err(SteerError::bpf(format!("pinning {}", path.display())))?;
                 PinDir::restrict(&path)?;
             }
         }
 
         // A program in the other mode (or a foreign one being forced out) must go first: the
         // kernel keeps one mode per interface.
-        let wanted = opts.mode.or_else(|| current.filter(|_| foreign.is_none()).map(|(_, m)| m));
+        let wanted = opts
+            .mode
+            .or_else(|| current.filter(|_| foreign.is_none()).map(|(_, m)| m));
         if let Some((_, mode)) = current {
             if foreign.is_some() || wanted.is_some_and(|w| w != mode) {
                 detach_mode(ifindex, mode)?;
             }
         }
-        let prog = &mut skel.progs.xdp_steer;
-        let xdp = Xdp::new(prog.as_fd());
+        let xdp = Xdp::new(skel.progs.xdp_steer.as_fd());
         let mut native_error = None;
         let mode = match wanted {
             Some(m) => {
@@ -316,17 +361,28 @@ impl Steering {
                 Err(e) => {
                     native_error = Some(e.to_string());
                     xdp.attach(ifindex as i32, XdpFlags::SKB_MODE)
-                        .map_err(SteerError::bpf("attaching in generic mode (native failed too)"))?;
+                        .map_err(SteerError::bpf(
+                            "attaching in generic mode (native failed too)",
+                        ))?;
                     XdpMode::Generic
                 }
             },
         };
         let prog_path = pins.prog();
         let _ = fs::remove_file(&prog_path);
-        prog.pin(&prog_path).map_err(SteerError::bpf(format!("pinning {}", prog_path.display())))?;
+        let prog = &mut skel.progs.xdp_steer;
+        prog.pin(&prog_path)
+            .map_err(SteerError::bpf(format!("pinning {}", prog_path.display())))?;
         PinDir::restrict(&prog_path)?;
         let prog_id = libbpf_rs::Program::id_from_fd(prog.as_fd())
             .map_err(SteerError::bpf("reading the program id"))?;
+        let probe_path = pins.probe();
+        let _ = fs::remove_file(&probe_path);
+        skel.progs
+            .xsk_probe
+            .pin(&probe_path)
+            .map_err(SteerError::bpf(format!("pinning {}", probe_path.display())))?;
+        PinDir::restrict(&probe_path)?;
 
         let steering = Self::open_pins(&opts.iface, pins.clone())?;
         steering.write_config(opts.queue, mode, ifindex)?;
@@ -361,7 +417,11 @@ impl Steering {
         match current {
             Some((id, mode)) if Some(id) == ours_id || force => detach_mode(ifindex, mode)?,
             Some((prog_id, _)) => {
-                return Err(SteerError::ForeignProgram { iface: iface.to_string(), prog_id, name: prog_name(prog_id) })
+                return Err(SteerError::ForeignProgram {
+                    iface: iface.to_string(),
+                    prog_id,
+                    name: prog_name(prog_id),
+                })
             }
             None if !pins.exists() => return Err(SteerError::NotAttached(iface.to_string())),
             None => {}
@@ -376,7 +436,10 @@ impl Steering {
         check_iface_name(iface)?;
         let pins = PinDir::new(pin_root, iface);
         if !pins.maps_complete() {
-            return Err(SteerError::NoPins { iface: iface.to_string(), pin_dir: pins.dir().display().to_string() });
+            return Err(SteerError::NoPins {
+                iface: iface.to_string(),
+                pin_dir: pins.dir().display().to_string(),
+            });
         }
         Self::open_pins(iface, pins)
     }
@@ -427,7 +490,10 @@ impl Steering {
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .map_err(SteerError::bpf("reading the config map"))?
             .unwrap_or_default();
-        let word = |i: usize| v.get(i..i + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        let word = |i: usize| {
+            v.get(i..i + 4)
+                .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        };
         Ok((word(0), word(8)))
     }
 
@@ -447,7 +513,11 @@ impl Steering {
                     continue;
                 }
             };
-            if let Some(v) = self.rules.lookup(&key, MapFlags::ANY).map_err(SteerError::bpf("reading a rule"))? {
+            if let Some(v) = self
+                .rules
+                .lookup(&key, MapFlags::ANY)
+                .map_err(SteerError::bpf("reading a rule"))?
+            {
                 out.push((rule, RuleOwner::from_val(&v)));
             }
         }
@@ -458,7 +528,12 @@ impl Steering {
     /// Adds a rule; fails if it is already there (whoever added it).
     pub fn add_rule(&self, rule: SteeringRule, owner: RuleOwner) -> Result<(), SteerError> {
         let key = rule.to_key();
-        if self.rules.lookup(&key, MapFlags::ANY).map_err(SteerError::bpf("reading a rule"))?.is_some() {
+        if self
+            .rules
+            .lookup(&key, MapFlags::ANY)
+            .map_err(SteerError::bpf("reading a rule"))?
+            .is_some()
+        {
             return Err(SteerError::RuleExists(rule.to_string()));
         }
         if self.rules.keys().count() >= MAX_RULES as usize {
@@ -472,22 +547,34 @@ impl Steering {
     /// Removes a rule; fails if it is not there.
     pub fn remove_rule(&self, rule: SteeringRule) -> Result<(), SteerError> {
         let key = rule.to_key();
-        if self.rules.lookup(&key, MapFlags::ANY).map_err(SteerError::bpf("reading a rule"))?.is_none() {
+        if self
+            .rules
+            .lookup(&key, MapFlags::ANY)
+            .map_err(SteerError::bpf("reading a rule"))?
+            .is_none()
+        {
             return Err(SteerError::RuleMissing(rule.to_string()));
         }
-        self.rules.delete(&key).map_err(SteerError::bpf(format!("removing rule {rule}")))
+        self.rules
+            .delete(&key)
+            .map_err(SteerError::bpf(format!("removing rule {rule}")))
     }
 
     fn replace_static_rules(&self, rules: &BTreeSet<SteeringRule>) -> Result<(), SteerError> {
         for (rule, owner) in self.rules()? {
             if owner == RuleOwner::Static && !rules.contains(&rule) {
-                self.rules.delete(&rule.to_key()).map_err(SteerError::bpf(format!("removing rule {rule}")))?;
+                self.rules
+                    .delete(&rule.to_key())
+                    .map_err(SteerError::bpf(format!("removing rule {rule}")))?;
             }
         }
         for rule in rules {
             let key: [u8; KEY_LEN] = rule.to_key();
             // A service's rule for the same flow stays the service's.
-            let existing = self.rules.lookup(&key, MapFlags::ANY).map_err(SteerError::bpf("reading a rule"))?;
+            let existing = self
+                .rules
+                .lookup(&key, MapFlags::ANY)
+                .map_err(SteerError::bpf("reading a rule"))?;
             if existing.is_none() {
                 self.rules
                     .update(&key, &RuleOwner::Static.to_val(), MapFlags::ANY)
@@ -502,7 +589,9 @@ impl Steering {
         let v = self
             .counters
             .lookup_percpu(&queue.to_ne_bytes(), MapFlags::ANY)
-            .map_err(SteerError::bpf(format!("reading counters of queue {queue}")))?
+            .map_err(SteerError::bpf(format!(
+                "reading counters of queue {queue}"
+            )))?
             .unwrap_or_default();
         Ok(QueueCounters::sum_per_cpu(&v))
     }
@@ -510,12 +599,17 @@ impl Steering {
     /// Puts an AF_XDP socket into the XSKMAP at `queue`, so the program redirects to it.
     pub fn register_xsk(&self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), SteerError> {
         if queue >= MAX_QUEUES {
-            return Err(SteerError::QueueTooHigh { queue, max: MAX_QUEUES });
+            return Err(SteerError::QueueTooHigh {
+                queue,
+                max: MAX_QUEUES,
+            });
         }
         let fd = xsk.as_raw_fd() as u32;
         self.xsks
             .update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(SteerError::bpf(format!("registering the XSK at queue {queue}")))
+            .map_err(SteerError::bpf(format!(
+                "registering the XSK at queue {queue}"
+            )))
     }
 
     /// Takes the socket at `queue` out of the XSKMAP (the kernel also does so when it closes).
@@ -523,7 +617,9 @@ impl Steering {
         match self.xsks.delete(&queue.to_ne_bytes()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SteerError::bpf(format!("unregistering the XSK at queue {queue}"))(e)),
+            Err(e) => Err(SteerError::bpf(format!(
+                "unregistering the XSK at queue {queue}"
+            ))(e)),
         }
     }
 
@@ -545,20 +641,31 @@ impl Steering {
                 Some(s.queue()?),
                 s.rules()?
                     .into_iter()
-                    .map(|(r, o)| RuleEntry { rule: r.to_string(), owner: o.to_string() })
+                    .map(|(r, o)| RuleEntry {
+                        rule: r.to_string(),
+                        owner: o.to_string(),
+                    })
                     .collect(),
             ),
             Err(_) => (None, Vec::new()),
         };
-        let xsks = match ifindex {
-            Some(i) => sys::list_xsks()
-                .map_err(|e| SteerError::io("listing AF_XDP sockets (sock_diag)", e))?
-                .into_iter()
-                .filter(|x| x.ifindex == i)
-                .map(|x| XskEntry { queue: x.queue, inode: x.inode, uid: x.uid })
-                .collect(),
-            None => Vec::new(),
-        };
+        let registered = registered_queues(&pins).ok();
+        // sock_diag for AF_XDP (CONFIG_XDP_SOCKETS_DIAG) is optional; without it, `bound` is unknown.
+        let diag = ifindex.and_then(|i| {
+            sys::list_xsks()
+                .ok()
+                .map(|v| v.into_iter().filter(|x| x.ifindex == i).collect::<Vec<_>>())
+        });
+        let queues = sys::rx_queue_count(iface).unwrap_or(0).min(MAX_QUEUES);
+        let xsks = (0..queues)
+            .map(|q| XskEntry {
+                queue: q,
+                registered: registered.map(|bits| bits & (1u64 << q) != 0),
+                bound: diag
+                    .as_ref()
+                    .map(|d| d.iter().filter(|x| x.queue == q).count() as u32),
+            })
+            .collect();
         Ok(SteeringStatus {
             iface: iface.to_string(),
             ifindex,
@@ -575,7 +682,9 @@ impl Steering {
 
     /// Interfaces with pins under the root.
     pub fn pinned_interfaces(pin_root: Option<&Path>) -> Vec<String> {
-        let root = pin_root.map(Path::to_path_buf).unwrap_or_else(pins::default_root);
+        let root = pin_root
+            .map(Path::to_path_buf)
+            .unwrap_or_else(pins::default_root);
         pins::pinned_interfaces(&root)
     }
 }

@@ -79,14 +79,22 @@ const OWNER_SERVICE: u32 = 2;
 
 impl SteeringRule {
     /// A rule for `protocol` to `port` on any local address, or on `addr` only.
-    pub fn new(protocol: Protocol, port: u16, addr: Option<Ipv4Addr>) -> Result<Self, RuleParseError> {
+    pub fn new(
+        protocol: Protocol,
+        port: u16,
+        addr: Option<Ipv4Addr>,
+    ) -> Result<Self, RuleParseError> {
         if port == 0 {
             return Err(RuleParseError::PortZero);
         }
         if addr == Some(Ipv4Addr::UNSPECIFIED) {
             return Err(RuleParseError::AnyAddr(0));
         }
-        Ok(Self { protocol, port, addr })
+        Ok(Self {
+            protocol,
+            port,
+            addr,
+        })
     }
     pub fn tcp(port: u16) -> Result<Self, RuleParseError> {
         Self::new(Protocol::Tcp, port, None)
@@ -163,7 +171,9 @@ impl FromStr for SteeringRule {
     type Err = RuleParseError;
     /// `tcp:8080`, `udp:53@198.18.0.1`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (proto, rest) = s.split_once(':').ok_or_else(|| RuleParseError::Syntax(s.to_string()))?;
+        let (proto, rest) = s
+            .split_once(':')
+            .ok_or_else(|| RuleParseError::Syntax(s.to_string()))?;
         let protocol = match proto.to_ascii_lowercase().as_str() {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
@@ -173,9 +183,14 @@ impl FromStr for SteeringRule {
             Some((p, a)) => (p, Some(a)),
             None => (rest, None),
         };
-        let port: u16 = port.parse().map_err(|_| RuleParseError::Port(port.to_string()))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| RuleParseError::Port(port.to_string()))?;
         let addr = addr
-            .map(|a| a.parse::<Ipv4Addr>().map_err(|_| RuleParseError::Addr(a.to_string())))
+            .map(|a| {
+                a.parse::<Ipv4Addr>()
+                    .map_err(|_| RuleParseError::Addr(a.to_string()))
+            })
             .transpose()?;
         Self::new(protocol, port, addr)
     }
@@ -206,9 +221,18 @@ mod tests {
 
     #[test]
     fn bad_keys_are_rejected() {
-        assert_eq!(SteeringRule::from_key(&[6, 0, 0]), Err(RuleParseError::KeyLength(3)));
-        assert_eq!(SteeringRule::from_key(&[1, 0, 0, 80, 0, 0, 0, 0]), Err(RuleParseError::KeyProtocol(1)));
-        assert_eq!(SteeringRule::from_key(&[6, 0, 0, 0, 0, 0, 0, 0]), Err(RuleParseError::PortZero));
+        assert_eq!(
+            SteeringRule::from_key(&[6, 0, 0]),
+            Err(RuleParseError::KeyLength(3))
+        );
+        assert_eq!(
+            SteeringRule::from_key(&[1, 0, 0, 80, 0, 0, 0, 0]),
+            Err(RuleParseError::KeyProtocol(1))
+        );
+        assert_eq!(
+            SteeringRule::from_key(&[6, 0, 0, 0, 0, 0, 0, 0]),
+            Err(RuleParseError::PortZero)
+        );
     }
 
     #[test]
@@ -220,16 +244,40 @@ mod tests {
 
     #[test]
     fn parses_text_rules() {
-        assert_eq!("tcp:8080".parse::<SteeringRule>().unwrap(), SteeringRule::tcp(8080).unwrap());
         assert_eq!(
-            "UDP:53@198.18.0.1".parse::<SteeringRule>().unwrap().to_string(),
+            "tcp:8080".parse::<SteeringRule>().unwrap(),
+            SteeringRule::tcp(8080).unwrap()
+        );
+        assert_eq!(
+            "UDP:53@198.18.0.1"
+                .parse::<SteeringRule>()
+                .unwrap()
+                .to_string(),
             "udp:53@198.18.0.1"
         );
-        assert_eq!("tcp:0".parse::<SteeringRule>(), Err(RuleParseError::PortZero));
-        assert!(matches!("tcp:65536".parse::<SteeringRule>(), Err(RuleParseError::Port(_))));
-        assert!(matches!("sctp:1".parse::<SteeringRule>(), Err(RuleParseError::Protocol(_))));
-        assert!(matches!("8080".parse::<SteeringRule>(), Err(RuleParseError::Syntax(_))));
-        assert!(matches!("tcp:80@1.2.3".parse::<SteeringRule>(), Err(RuleParseError::Addr(_))));
-        assert!(matches!("tcp:80@0.0.0.0".parse::<SteeringRule>(), Err(RuleParseError::AnyAddr(_))));
+        assert_eq!(
+            "tcp:0".parse::<SteeringRule>(),
+            Err(RuleParseError::PortZero)
+        );
+        assert!(matches!(
+            "tcp:65536".parse::<SteeringRule>(),
+            Err(RuleParseError::Port(_))
+        ));
+        assert!(matches!(
+            "sctp:1".parse::<SteeringRule>(),
+            Err(RuleParseError::Protocol(_))
+        ));
+        assert!(matches!(
+            "8080".parse::<SteeringRule>(),
+            Err(RuleParseError::Syntax(_))
+        ));
+        assert!(matches!(
+            "tcp:80@1.2.3".parse::<SteeringRule>(),
+            Err(RuleParseError::Addr(_))
+        ));
+        assert!(matches!(
+            "tcp:80@0.0.0.0".parse::<SteeringRule>(),
+            Err(RuleParseError::AnyAddr(_))
+        ));
     }
 }

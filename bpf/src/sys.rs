@@ -6,7 +6,7 @@ use std::{
     ffi::CString,
     fs, io,
     mem::size_of,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::Path,
 };
 
@@ -53,7 +53,13 @@ pub fn mount_bpffs(path: &Path) -> io::Result<()> {
     let fstype = c"bpf";
     // SAFETY: all pointers are valid NUL-terminated strings (or null data) for the call.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
@@ -119,6 +125,29 @@ pub fn xdp_query(ifindex: u32) -> io::Result<XdpAttachment> {
     })
 }
 
+/// Runs a loaded XDP program once on `data` (BPF_PROG_TEST_RUN) and returns its verdict and
+/// the packet as the program left it.
+pub fn xdp_test_run(prog: BorrowedFd<'_>, data: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; data.len() + 256];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: size_of::<libbpf_sys::bpf_test_run_opts>() as libbpf_sys::size_t,
+        data_in: data.as_ptr().cast(),
+        data_out: out.as_mut_ptr().cast(),
+        data_size_in: data.len() as u32,
+        data_size_out: out.len() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: data_in/data_out point to live buffers of the sizes given; the kernel writes at
+    // most data_size_out bytes into data_out.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc));
+    }
+    out.truncate((opts.data_size_out as usize).min(out.len()));
+    Ok((opts.retval, out))
+}
+
 /// One AF_XDP socket as the kernel's sock_diag reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct XskInfo {
@@ -141,7 +170,11 @@ const XDP_DIAG_UID: u16 = 2;
 pub fn list_xsks() -> io::Result<Vec<XskInfo>> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
     };
     if raw < 0 {
         return Err(io::Error::last_os_error());
@@ -160,7 +193,7 @@ pub fn list_xsks() -> io::Result<Vec<XskInfo>> {
     req.extend_from_slice(&0u32.to_ne_bytes()); // ino
     req.extend_from_slice(&XDP_SHOW_INFO.to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]); // cookie: none
-    // SAFETY: `req` is a valid buffer of the given length.
+                                       // SAFETY: `req` is a valid buffer of the given length.
     let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -209,7 +242,12 @@ fn parse_diag(mut b: &[u8], out: &mut Vec<XskInfo>) -> io::Result<bool> {
             _ => {
                 // xdp_diag_msg: family, type, pad[2], ino, cookie[2] = 16 bytes, then attributes.
                 let inode = u32_at(msg, 4).ok_or_else(bad)?;
-                let mut info = XskInfo { inode, ifindex: 0, queue: 0, uid: None };
+                let mut info = XskInfo {
+                    inode,
+                    ifindex: 0,
+                    queue: 0,
+                    uid: None,
+                };
                 let mut attrs = msg.get(16..).unwrap_or(&[]);
                 while attrs.len() >= 4 {
                     let alen = u16_at(attrs, 0).ok_or_else(bad)? as usize;
@@ -272,6 +310,14 @@ mod tests {
         m.extend_from_slice(&3u32.to_ne_bytes());
         let mut out = Vec::new();
         assert!(!parse_diag(&m, &mut out).unwrap());
-        assert_eq!(out, vec![XskInfo { inode: 77, ifindex: 5, queue: 3, uid: None }]);
+        assert_eq!(
+            out,
+            vec![XskInfo {
+                inode: 77,
+                ifindex: 5,
+                queue: 3,
+                uid: None
+            }]
+        );
     }
 }

@@ -167,3 +167,36 @@ int xdp_steer(struct xdp_md *ctx)
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Userspace cannot look into an XSKMAP, and this kernel may lack AF_XDP sock_diag: so
+ * `xdp-loader status` test-runs this program (BPF_PROG_TEST_RUN), which writes a bitmap of the
+ * queues that have a socket registered into the first 8 bytes of the test packet. bpf_loop keeps
+ * verification linear (an open-coded loop forks the verifier's state at every lookup). */
+struct probe_ctx {
+	__u64 bits;
+};
+
+static long probe_one(__u32 i, void *data)
+{
+	struct probe_ctx *p = data;
+	__u32 q = i;
+
+	if (bpf_map_lookup_elem(&xsks, &q))
+		p->bits |= 1ULL << (i & 63);
+	return 0;
+}
+
+SEC("xdp")
+int xsk_probe(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct probe_ctx pc = {};
+	__u64 *out = data;
+
+	if ((void *)(out + 1) > data_end)
+		return XDP_ABORTED;
+	bpf_loop(STEER_MAX_QUEUES, probe_one, &pc, 0);
+	*out = pc.bits;
+	return XDP_PASS;
+}
