@@ -1,0 +1,86 @@
+//! What the demo services share: the common flags, startup with a helpful error, logging, and a
+//! bounded run time.
+use std::{process::ExitCode, time::Duration};
+
+use clap::Args;
+use xsk_stack::{Stack, StackError};
+
+/// Flags every demo takes.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Interface whose queue the steering program serves (`xdp-loader attach IFACE --queue Q`).
+    #[arg(long)]
+    pub iface: String,
+    /// The steered RX queue.
+    #[arg(long)]
+    pub queue: u32,
+    /// Port to serve on the interface's own IPv4 address.
+    #[arg(long)]
+    pub port: u16,
+    /// Maximum concurrent TCP connections.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Accept queue bound per listener.
+    #[arg(long, default_value_t = 128)]
+    pub backlog: usize,
+    /// Reset connections idle for this many seconds (0: never).
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout: u64,
+    /// Spin on the queue instead of sleeping when idle.
+    #[arg(long)]
+    pub busy_poll: bool,
+    /// Pin the stack's thread to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Exit after this many seconds (0: run until killed).
+    #[arg(long, default_value_t = 0)]
+    pub duration: u64,
+}
+
+/// Sets up `RUST_LOG`-filtered logging to stderr.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+impl Common {
+    /// Starts the stack, or explains what to do.
+    pub fn start(&self, name: &str) -> Result<Stack, ExitCode> {
+        if self.port == 0 {
+            eprintln!("{name}: error: --port must be 1..=65535");
+            return Err(ExitCode::from(2));
+        }
+        let idle = (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout));
+        let r = Stack::builder(&self.iface, self.queue)
+            .max_connections(self.max_connections)
+            .backlog(self.backlog)
+            .idle_timeout(idle)
+            .busy_poll(self.busy_poll)
+            .cpu(self.cpu)
+            .start();
+        r.map_err(|e| {
+            eprintln!("{name}: error: {e}");
+            if matches!(e, StackError::Steering(_) | StackError::WrongQueue { .. }) {
+                eprintln!(
+                    "hint: attach the steering program first: xdp-loader attach {} --queue {}",
+                    self.iface, self.queue
+                );
+            }
+            ExitCode::FAILURE
+        })
+    }
+
+    /// Sleeps for `--duration` seconds (or forever) on the calling thread.
+    pub fn wait(&self) {
+        if self.duration == 0 {
+            loop {
+                std::thread::park();
+            }
+        }
+        std::thread::sleep(Duration::from_secs(self.duration));
+    }
+}

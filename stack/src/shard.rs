@@ -1,0 +1,758 @@
+//! One shard = one queue = one thread that owns the XSK, the UMEM, the smoltcp interface and the
+//! sockets, and runs to completion: poll rx in batches → process → wake the application → flush
+//! tx → sleep on the XSK fd when idle (or spin, when asked). Application threads reach the shard
+//! through handles that lock its core for the length of one call and wake it afterwards; the
+//! shard takes the lock once per batch, never per packet.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::Ipv4Addr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    task::Waker,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use smoltcp::{
+    iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet},
+    socket::{tcp, udp},
+    time::Instant as SmolInstant,
+    wire::{HardwareAddress, IpCidr, IpEndpoint, Ipv4Address},
+};
+use steer_bpf::Steering;
+
+use crate::{
+    config::Config,
+    device::{DeviceCounters, XskDevice},
+    error::StackError,
+    l2::{KernelNeighbours, L2Timing, L2},
+    ports::PortClaim,
+    stats::{StackStats, TcpStateCounts},
+    sys::{self, wake::Waker as FdWaker, xsk::Xsk},
+    xsk::FrameCounts,
+};
+
+/// A listener's accept queue: armed listening sockets, connections in their handshake, and
+/// established connections waiting for `accept()`.
+pub(crate) struct Listener {
+    pub listening: Vec<SocketHandle>,
+    pub handshaking: Vec<(SocketHandle, Instant)>,
+    pub ready: VecDeque<SocketHandle>,
+    pub waiters: Vec<Waker>,
+    pub _claim: PortClaim,
+}
+
+/// An accepted or outgoing TCP connection.
+pub(crate) struct Conn {
+    pub last_activity: Instant,
+    pub last_seen: (usize, usize, tcp::State),
+    /// The application dropped its handle; the shard frees the socket once it is closed.
+    pub orphan: bool,
+    /// The peer's FIN was seen: a later Closed is a clean end, not a reset.
+    pub fin_seen: bool,
+    /// We closed our side (shutdown or drop).
+    pub we_closed: bool,
+    pub _claim: Option<PortClaim>,
+}
+
+impl Conn {
+    pub fn new(state: tcp::State, orphan: bool, claim: Option<PortClaim>) -> Self {
+        Self {
+            last_activity: Instant::now(),
+            last_seen: (0, 0, state),
+            orphan,
+            fin_seen: false,
+            we_closed: orphan,
+            _claim: claim,
+        }
+    }
+
+    /// Notes what a state says about how the connection ends.
+    pub fn observe(&mut self, state: tcp::State) {
+        if matches!(
+            state,
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        ) {
+            self.fin_seen = true;
+        }
+    }
+}
+
+/// A bound UDP socket.
+pub(crate) struct UdpBinding {
+    pub _claim: PortClaim,
+}
+
+/// Counters of the runtime (the device keeps the per-packet ones).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuntimeCounters {
+    pub passive_opens: u64,
+    pub active_opens: u64,
+    pub attempt_fails: u64,
+    pub idle_timeouts: u64,
+    pub handshake_timeouts: u64,
+    pub backlog_full: u64,
+    pub conn_limit: u64,
+    pub polls: u64,
+}
+
+/// Everything the shard owns, behind one lock.
+pub(crate) struct Core {
+    pub cfg: Config,
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub dev: XskDevice,
+    pub start: Instant,
+    pub addr: Ipv4Addr,
+    pub listeners: HashMap<u16, Listener>,
+    pub conns: HashMap<SocketHandle, Conn>,
+    pub udp: HashMap<SocketHandle, UdpBinding>,
+    pub steering: Arc<Steering>,
+    pub counters: RuntimeCounters,
+    next_ephemeral: u16,
+    last_maintenance: Instant,
+}
+
+pub(crate) struct Shared {
+    pub core: Mutex<Option<Core>>,
+    pub waker: FdWaker,
+    pub stop: AtomicBool,
+    pub failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, Option<Core>> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn smol_now(start: Instant, now: Instant) -> SmolInstant {
+    SmolInstant::from_micros(now.duration_since(start).as_micros() as i64)
+}
+
+fn os_seed() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_ne_bytes(b),
+        // Never 0 (smoltcp's default): fall back to time and pid.
+        Err(_) => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32) | 1
+        }
+    }
+}
+
+fn read_sysfs(iface: &str, what: &str) -> Result<String, StackError> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/{what}"))
+        .map(|s| s.trim().to_string())
+        .map_err(|e| StackError::io(format!("reading /sys/class/net/{iface}/{what}"), e))
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
+    v.try_into().ok()
+}
+
+impl Core {
+    pub fn open(cfg: Config) -> Result<Self, StackError> {
+        cfg.validate().map_err(StackError::Config)?;
+        let ifindex = steer_bpf::sys::ifindex(&cfg.iface)
+            .ok_or_else(|| StackError::NoSuchInterface(cfg.iface.clone()))?;
+        let steering = Steering::open(&cfg.iface, cfg.pin_root.as_deref())?;
+        let (queue, pinned_ifindex) = steering.config()?;
+        // A pin directory is named after an interface, but names can be reused: check the
+        // index recorded at attach time.
+        if pinned_ifindex != ifindex {
+            return Err(StackError::ForeignPins {
+                iface: cfg.iface.clone(),
+                ifindex,
+                pinned: pinned_ifindex,
+            });
+        }
+        if queue != cfg.queue {
+            return Err(StackError::WrongQueue {
+                iface: cfg.iface.clone(),
+                attached: queue,
+                wanted: cfg.queue,
+            });
+        }
+        let (addr, prefix) = sys::netlink::addresses(ifindex)
+            .map_err(|e| StackError::io("reading interface addresses (netlink)", e))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StackError::NoAddress(cfg.iface.clone()))?;
+        let mac = parse_mac(&read_sysfs(&cfg.iface, "address")?)
+            .ok_or_else(|| StackError::Config(format!("{} has no Ethernet address", cfg.iface)))?;
+        let link_mtu: usize = read_sysfs(&cfg.iface, "mtu")?.parse().unwrap_or(1500);
+        // A packet and its Ethernet header must fit a frame after the kernel's headroom.
+        let frame_room = cfg.frame_size as usize - 256 - 14;
+        let mtu = link_mtu.min(frame_room);
+
+        let xsk = Xsk::bind(
+            &cfg.iface,
+            cfg.queue,
+            sys::xsk::XskConfig {
+                frames: cfg.frames,
+                frame_size: cfg.frame_size,
+                ring_size: cfg.ring_size,
+                bind: cfg.bind,
+                need_wakeup: cfg.need_wakeup,
+            },
+        )?;
+        let l2 = L2::new(
+            KernelNeighbours { ifindex },
+            ifindex,
+            addr,
+            prefix,
+            L2Timing::default(),
+        );
+        let mut dev = XskDevice::new(xsk, l2, mac, mtu, cfg.ring_size as usize);
+        dev.rx_budget = cfg.listen_depth.max(16);
+
+        let start = Instant::now();
+        let mut icfg = IfaceConfig::new(HardwareAddress::Ip);
+        icfg.random_seed = os_seed();
+        let mut iface = Interface::new(icfg, &mut dev, smol_now(start, start));
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(Ipv4Address::from(addr).into(), prefix));
+        });
+        // smoltcp only needs to know an off-link destination is reachable; the real next hop
+        // comes from the kernel's routes in the L2 layer.
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::from(addr));
+
+        // Registered last: from here on the XDP program redirects to us.
+        steering.register_xsk(cfg.queue, dev.inner.get_mut().xsk.borrowed_fd())?;
+        tracing::info!(iface = %cfg.iface, queue = cfg.queue, %addr, mtu, zero_copy = dev.inner.get_mut().xsk.zero_copy, "shard up");
+        Ok(Self {
+            next_ephemeral: cfg.ephemeral_ports.0,
+            cfg,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            dev,
+            start,
+            addr,
+            listeners: HashMap::new(),
+            conns: HashMap::new(),
+            udp: HashMap::new(),
+            steering: Arc::new(steering),
+            counters: RuntimeCounters::default(),
+            last_maintenance: start,
+        })
+    }
+
+    pub fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buffer]),
+        );
+        s.set_nagle_enabled(self.cfg.nagle);
+        s.set_ack_delay(
+            self.cfg
+                .ack_delay
+                .map(|d| smoltcp::time::Duration::from_micros(d.as_micros() as u64)),
+        );
+        s.set_keep_alive(
+            self.cfg
+                .keep_alive
+                .map(|d| smoltcp::time::Duration::from_micros(d.as_micros() as u64)),
+        );
+        s
+    }
+
+    pub fn new_udp_socket(&self) -> udp::Socket<'static> {
+        let per = self.cfg.udp_packets;
+        udp::Socket::new(
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; per],
+                vec![0; self.cfg.udp_buffer],
+            ),
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; per],
+                vec![0; self.cfg.udp_buffer],
+            ),
+        )
+    }
+
+    /// Open TCP connections (not counting armed listening sockets).
+    fn open_connections(&self) -> usize {
+        self.conns.len()
+            + self
+                .listeners
+                .values()
+                .map(|l| l.handshaking.len() + l.ready.len())
+                .sum::<usize>()
+    }
+
+    /// One pass: smoltcp over up to one batch of frames, then housekeeping. Returns whether
+    /// anything happened (so the loop goes round again before sleeping).
+    fn poll(&mut self, now: Instant) -> bool {
+        self.counters.polls += 1;
+        self.arm_listeners();
+        let inner = self.dev.inner.get_mut();
+        inner.now = now;
+        inner.l2.tick(now);
+        inner.xsk.reclaim();
+        inner.xsk.refill();
+        self.dev.begin_batch();
+        let ts = smol_now(self.start, now);
+        let changed =
+            self.iface.poll(ts, &mut self.dev, &mut self.sockets) == PollResult::SocketStateChanged;
+        let moved = self.track_listeners(now);
+        if now.duration_since(self.last_maintenance) >= Duration::from_millis(10) {
+            self.last_maintenance = now;
+            self.expire(now);
+        }
+        let inner = self.dev.inner.get_mut();
+        inner.xsk.flush();
+        inner.xsk.refill();
+        changed || moved || self.dev.rx_backlog() > 0
+    }
+
+    /// Keeps each listener's armed sockets topped up, within its backlog and the shard's
+    /// connection limit; publishes the armed counts to the device for SYN accounting.
+    fn arm_listeners(&mut self) {
+        let open = self.open_connections();
+        let mut room = self.cfg.max_connections.saturating_sub(open);
+        let ports: Vec<u16> = self.listeners.keys().copied().collect();
+        for port in ports {
+            let (queued, armed) = {
+                let l = &self.listeners[&port];
+                (l.handshaking.len() + l.ready.len(), l.listening.len())
+            };
+            let by_backlog = self.cfg.backlog.saturating_sub(queued);
+            let want = self.cfg.listen_depth.min(by_backlog).min(room);
+            room = room.saturating_sub(want);
+            for _ in armed..want {
+                let mut s = self.new_tcp_socket();
+                if s.listen(port).is_err() {
+                    break;
+                }
+                let h = self.sockets.add(s);
+                self.listeners
+                    .get_mut(&port)
+                    .expect("listener")
+                    .listening
+                    .push(h);
+            }
+            // Past the limits, armed sockets beyond `want` are withdrawn so SYNs are refused.
+            while self.listeners[&port].listening.len() > want {
+                let h = self
+                    .listeners
+                    .get_mut(&port)
+                    .expect("listener")
+                    .listening
+                    .pop()
+                    .expect("armed socket");
+                self.sockets.remove(h);
+            }
+            let l = &self.listeners[&port];
+            self.dev
+                .listen_capacity
+                .insert(port, l.listening.len() as u32);
+        }
+    }
+
+    /// Moves sockets that left LISTEN into the handshake list, and established ones to the
+    /// accept queue. Returns whether anything moved.
+    fn track_listeners(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        let before = self.dev.inner.get_mut().counters.syn_refused;
+        for l in self.listeners.values_mut() {
+            let sockets = &self.sockets;
+            let mut i = 0;
+            while i < l.listening.len() {
+                let h = l.listening[i];
+                if sockets.get::<tcp::Socket>(h).state() != tcp::State::Listen {
+                    l.listening.swap_remove(i);
+                    l.handshaking.push((h, now));
+                    moved = true;
+                } else {
+                    i += 1;
+                }
+            }
+            let mut i = 0;
+            while i < l.handshaking.len() {
+                let (h, _) = l.handshaking[i];
+                let st = sockets.get::<tcp::Socket>(h).state();
+                if matches!(st, tcp::State::SynReceived) {
+                    i += 1;
+                    continue;
+                }
+                l.handshaking.swap_remove(i);
+                if st == tcp::State::Closed {
+                    self.sockets.remove(h);
+                } else {
+                    l.ready.push_back(h);
+                    self.counters.passive_opens += 1;
+                }
+                moved = true;
+                for w in l.waiters.drain(..) {
+                    w.wake();
+                }
+                break;
+            }
+        }
+        let refused = self.dev.inner.get_mut().counters.syn_refused - before;
+        if refused > 0 {
+            if self.open_connections() >= self.cfg.max_connections {
+                self.counters.conn_limit += refused;
+            } else {
+                self.counters.backlog_full += refused;
+            }
+        }
+        moved
+    }
+
+    /// Timeouts for untrusted clients: handshakes that take too long, idle connections; frees
+    /// the sockets of closed orphans.
+    fn expire(&mut self, now: Instant) {
+        let hs = self.cfg.handshake_timeout;
+        for l in self.listeners.values_mut() {
+            let sockets = &mut self.sockets;
+            l.handshaking.retain(|&(h, since)| {
+                if now.duration_since(since) >= hs {
+                    sockets.get_mut::<tcp::Socket>(h).abort();
+                    self.counters.handshake_timeouts += 1;
+                    // The RST goes out on the next poll; the socket is then freed below.
+                    self.conns
+                        .insert(h, Conn::new(tcp::State::Closed, true, None));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let idle = self.cfg.idle_timeout;
+        let mut freed = Vec::new();
+        for (&h, c) in self.conns.iter_mut() {
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            let seen = (s.recv_queue(), s.send_queue(), s.state());
+            c.observe(seen.2);
+            if seen != c.last_seen {
+                c.last_seen = seen;
+                c.last_activity = now;
+            }
+            match s.state() {
+                tcp::State::Closed | tcp::State::TimeWait if c.orphan => freed.push(h),
+                tcp::State::Closed => {}
+                _ => {
+                    if let Some(limit) = idle {
+                        if now.duration_since(c.last_activity) >= limit {
+                            tracing::debug!(?h, "idle timeout: resetting");
+                            s.abort();
+                            self.counters.idle_timeouts += 1;
+                            c.last_activity = now;
+                        }
+                    }
+                }
+            }
+        }
+        for h in freed {
+            self.conns.remove(&h);
+            self.sockets.remove(h);
+        }
+    }
+
+    /// Picks the next free ephemeral port (round robin).
+    pub fn ephemeral_port(&mut self) -> Result<u16, StackError> {
+        let (lo, hi) = self.cfg.ephemeral_ports;
+        let span = (hi - lo) as u32 + 1;
+        for _ in 0..span {
+            let p = self.next_ephemeral;
+            self.next_ephemeral = if p >= hi { lo } else { p + 1 };
+            let used = self.conns.keys().any(|&h| {
+                self.sockets
+                    .get::<tcp::Socket>(h)
+                    .local_endpoint()
+                    .is_some_and(|e| e.port == p)
+            }) || self.listeners.contains_key(&p);
+            if !used {
+                return Ok(p);
+            }
+        }
+        Err(StackError::NoEphemeralPort(lo, hi))
+    }
+
+    pub fn local_endpoint(&self, port: u16) -> IpEndpoint {
+        IpEndpoint::new(Ipv4Address::from(self.addr).into(), port)
+    }
+
+    pub fn stats(&mut self) -> StackStats {
+        let mut states = TcpStateCounts::default();
+        for (_, s) in self.sockets.iter() {
+            if let smoltcp::socket::Socket::Tcp(t) = s {
+                states.count(t.state());
+            }
+        }
+        let inner = self.dev.inner.get_mut();
+        let dev: DeviceCounters = inner.counters;
+        StackStats {
+            device: dev,
+            runtime: self.counters,
+            frames: inner.xsk.frames(),
+            frames_total: inner.xsk.ledger().total(),
+            kernel: inner.xsk.kernel_stats(),
+            tx_ring_full: inner.xsk.tx_ring_full,
+            neighbour_misses: inner.l2.no_neighbour,
+            tcp_states: states,
+            connections: self.open_connections(),
+        }
+    }
+}
+
+/// The shard thread's loop.
+fn run(shared: Arc<Shared>, xsk_fd: i32, busy: bool) {
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        let (progress, delay) = {
+            let mut g = shared.lock();
+            let Some(core) = g.as_mut() else { break };
+            let now = Instant::now();
+            let progress = core.poll(now);
+            let delay = core
+                .iface
+                .poll_delay(smol_now(core.start, Instant::now()), &core.sockets);
+            (progress, delay)
+        };
+        if progress || busy {
+            if busy {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        // Sleep on the XSK fd (packets), the eventfd (application calls) or smoltcp's next
+        // timer, whichever comes first; a ceiling keeps housekeeping (timeouts) going.
+        let cap = Duration::from_millis(10);
+        let d = delay.map_or(cap, |d| Duration::from_micros(d.total_micros()).min(cap));
+        if !d.is_zero() {
+            shared.waker.wait(xsk_fd, Some(d));
+        }
+    }
+}
+
+/// Builds a [`Stack`]: one shard on one queue of one interface.
+#[derive(Debug, Clone)]
+pub struct StackBuilder {
+    cfg: Config,
+}
+
+impl StackBuilder {
+    /// Serve on `queue` of `iface`, in the interface's own IPv4 address (shared-IP mode). The
+    /// steering program must be attached there (`xdp-loader attach IFACE --queue Q`).
+    pub fn new(iface: &str, queue: u32) -> Self {
+        Self {
+            cfg: Config::new(iface, queue),
+        }
+    }
+    pub fn pin_root(mut self, p: impl Into<std::path::PathBuf>) -> Self {
+        self.cfg.pin_root = Some(p.into());
+        self
+    }
+    pub fn bind_mode(mut self, m: crate::config::BindMode) -> Self {
+        self.cfg.bind = m;
+        self
+    }
+    pub fn need_wakeup(mut self, on: bool) -> Self {
+        self.cfg.need_wakeup = on;
+        self
+    }
+    pub fn umem_frames(mut self, n: u32) -> Self {
+        self.cfg.frames = n;
+        self
+    }
+    pub fn frame_size(mut self, n: u32) -> Self {
+        self.cfg.frame_size = n;
+        self
+    }
+    pub fn ring_size(mut self, n: u32) -> Self {
+        self.cfg.ring_size = n;
+        self
+    }
+    pub fn tcp_buffers(mut self, rx: usize, tx: usize) -> Self {
+        self.cfg.tcp_rx_buffer = rx;
+        self.cfg.tcp_tx_buffer = tx;
+        self
+    }
+    pub fn udp_buffers(mut self, datagrams: usize, bytes: usize) -> Self {
+        self.cfg.udp_packets = datagrams;
+        self.cfg.udp_buffer = bytes;
+        self
+    }
+    pub fn backlog(mut self, n: usize) -> Self {
+        self.cfg.backlog = n;
+        self
+    }
+    pub fn listen_depth(mut self, n: usize) -> Self {
+        self.cfg.listen_depth = n;
+        self
+    }
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.cfg.max_connections = n;
+        self
+    }
+    pub fn idle_timeout(mut self, d: Option<Duration>) -> Self {
+        self.cfg.idle_timeout = d;
+        self
+    }
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.cfg.handshake_timeout = d;
+        self
+    }
+    pub fn keep_alive(mut self, d: Option<Duration>) -> Self {
+        self.cfg.keep_alive = d;
+        self
+    }
+    pub fn nagle(mut self, on: bool) -> Self {
+        self.cfg.nagle = on;
+        self
+    }
+    pub fn ack_delay(mut self, d: Option<Duration>) -> Self {
+        self.cfg.ack_delay = d;
+        self
+    }
+    pub fn ephemeral_ports(mut self, lo: u16, hi: u16) -> Self {
+        self.cfg.ephemeral_ports = (lo, hi);
+        self
+    }
+    pub fn busy_poll(mut self, on: bool) -> Self {
+        self.cfg.busy_poll = on;
+        self
+    }
+    pub fn cpu(mut self, cpu: Option<usize>) -> Self {
+        self.cfg.cpu = cpu;
+        self
+    }
+
+    /// Binds the XSK, registers it with the steering program and starts the shard thread.
+    pub fn start(self) -> Result<Stack, StackError> {
+        let busy = self.cfg.busy_poll;
+        let cpu = self.cfg.cpu;
+        let core = Core::open(self.cfg)?;
+        let xsk_fd = core.dev.inner.borrow().xsk.fd();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Some(core)),
+            waker: FdWaker::new().map_err(|e| StackError::io("eventfd", e))?,
+            stop: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        });
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("xsk-shard".into())
+            .spawn(move || {
+                if let Some(c) = cpu {
+                    if let Err(e) = sys::wake::pin_to_cpu(c) {
+                        tracing::warn!("pinning the shard to cpu {c}: {e}");
+                    }
+                }
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(s2.clone(), xsk_fd, busy)
+                }));
+                if let Err(p) = r {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                    *s2.failure.lock().unwrap_or_else(|p| p.into_inner()) = msg;
+                    s2.stop.store(true, Ordering::Release);
+                }
+            })
+            .map_err(|e| StackError::io("spawning the shard thread", e))?;
+        Ok(Stack {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A running shard. Dropping it stops the thread, closes every socket, removes the steering
+/// rules the stack added and closes the XSK (the kernel then takes the flows back).
+pub struct Stack {
+    pub(crate) shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// Start configuring a stack on `iface`/`queue`.
+    pub fn builder(iface: &str, queue: u32) -> StackBuilder {
+        StackBuilder::new(iface, queue)
+    }
+
+    /// The IPv4 address the stack serves on (the interface's own).
+    pub fn local_ip(&self) -> Ipv4Addr {
+        self.shared
+            .lock()
+            .as_ref()
+            .map_or(Ipv4Addr::UNSPECIFIED, |c| c.addr)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Option<StackStats> {
+        self.shared.lock().as_mut().map(|c| c.stats())
+    }
+
+    /// Where the UMEM frames are right now.
+    pub fn frames(&self) -> Option<(FrameCounts, u32)> {
+        self.shared.lock().as_mut().map(|c| {
+            let x = &c.dev.inner.get_mut().xsk;
+            (x.frames(), x.ledger().total())
+        })
+    }
+
+    /// Why the shard thread stopped on its own, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the shard (same as dropping it).
+    pub fn shutdown(self) {}
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Let FINs for closed sockets go out: a few polls, bounded.
+        if let Some(core) = self.shared.lock().as_mut() {
+            for (_, s) in core.sockets.iter_mut() {
+                if let smoltcp::socket::Socket::Tcp(t) = s {
+                    t.close();
+                }
+            }
+        }
+        self.shared.waker.wake();
+        std::thread::sleep(Duration::from_millis(20));
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(core) = self.shared.lock().take() {
+            let _ = core.steering.unregister_xsk(core.cfg.queue);
+            tracing::info!(iface = %core.cfg.iface, queue = core.cfg.queue, "shard down");
+            drop(core);
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! TCP with std::net-shaped types: a listener with a real, bounded accept queue, and streams
+//! that implement `Read` and `Write`, usable from any thread.
+use std::{
+    collections::VecDeque,
+    io::{self, Read, Write},
+    net::{Shutdown, SocketAddr, SocketAddrV4},
+    sync::{atomic::Ordering, Arc},
+    task::{Wake, Waker},
+    thread::{self, Thread},
+    time::{Duration, Instant},
+};
+
+use smoltcp::{
+    iface::SocketHandle,
+    socket::tcp,
+    wire::{IpAddress, IpEndpoint},
+};
+use steer_bpf::Protocol;
+
+use crate::{
+    error::StackError,
+    ports::PortClaim,
+    shard::{Conn, Core, Listener, Shared, Stack},
+};
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the stack has stopped")
+}
+
+/// Runs `f` under the core lock until it returns `Some`, parking the thread in between (woken by
+/// smoltcp's socket wakers or the shard, with a bounded nap as a safety net).
+pub(crate) fn block_on<T>(
+    shared: &Shared,
+    deadline: Option<Instant>,
+    mut f: impl FnMut(&mut Core, &Waker) -> Option<io::Result<T>>,
+) -> io::Result<T> {
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    loop {
+        {
+            let mut g = shared.lock();
+            let core = g.as_mut().ok_or_else(stopped)?;
+            if let Some(r) = f(core, &waker) {
+                drop(g);
+                shared.waker.wake();
+                return r;
+            }
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        let nap = Duration::from_millis(50);
+        match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+                }
+                thread::park_timeout((d - now).min(nap));
+            }
+            None => thread::park_timeout(nap),
+        }
+    }
+}
+
+fn to_std(e: IpEndpoint) -> SocketAddr {
+    match e.addr {
+        IpAddress::Ipv4(a) => SocketAddr::V4(SocketAddrV4::new(a, e.port)),
+    }
+}
+
+/// A TCP listener on the stack's address. Its accept queue holds up to `backlog` connections
+/// (handshaking or established); past it, SYNs are answered with RST and counted.
+pub struct TcpListener {
+    shared: Arc<Shared>,
+    port: u16,
+}
+
+impl Stack {
+    /// Listens on `port` of the stack's address: reserves the port in the kernel and adds the
+    /// steering rule for it (unless a rule already covers it).
+    pub fn tcp_listen(&self, port: u16) -> Result<TcpListener, StackError> {
+        if port == 0 {
+            return Err(StackError::Config(
+                "port 0: give the port to listen on".into(),
+            ));
+        }
+        let mut g = self.shared.lock();
+        let core = g.as_mut().ok_or(StackError::Stopped)?;
+        if core.listeners.contains_key(&port) {
+            return Err(StackError::PortInUse(port));
+        }
+        let claim = PortClaim::new(&core.steering, Protocol::Tcp, core.addr, port)?;
+        core.listeners.insert(
+            port,
+            Listener {
+                listening: Vec::new(),
+                handshaking: Vec::new(),
+                ready: VecDeque::new(),
+                waiters: Vec::new(),
+                _claim: claim,
+            },
+        );
+        drop(g);
+        self.shared.waker.wake();
+        tracing::info!(port, "listening");
+        Ok(TcpListener {
+            shared: self.shared.clone(),
+            port,
+        })
+    }
+
+    /// Connects to `addr` from an ephemeral port of the configured range (reserved in the kernel,
+    /// with a steering rule for the return traffic).
+    pub fn tcp_connect(
+        &self,
+        addr: SocketAddrV4,
+        timeout: Option<Duration>,
+    ) -> io::Result<TcpStream> {
+        let h = {
+            let mut g = self.shared.lock();
+            let core = g.as_mut().ok_or_else(stopped)?;
+            let port = core.ephemeral_port()?;
+            let claim = PortClaim::new(&core.steering, Protocol::Tcp, core.addr, port)?;
+            let mut s = core.new_tcp_socket();
+            let local = core.local_endpoint(port);
+            s.connect(
+                core.iface.context(),
+                IpEndpoint::new((*addr.ip()).into(), addr.port()),
+                local,
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("connect: {e}")))?;
+            let h = core.sockets.add(s);
+            core.conns
+                .insert(h, Conn::new(tcp::State::SynSent, false, Some(claim)));
+            core.counters.active_opens += 1;
+            h
+        };
+        self.shared.waker.wake();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let stream = TcpStream {
+            shared: self.shared.clone(),
+            handle: h,
+            read_timeout: None,
+            write_timeout: None,
+        };
+        let r = block_on(&self.shared, deadline, |core, w| {
+            let s = core.sockets.get_mut::<tcp::Socket>(h);
+            match s.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {
+                    s.register_send_waker(w);
+                    None
+                }
+                tcp::State::Closed => {
+                    core.counters.attempt_fails += 1;
+                    Some(Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "connection refused",
+                    )))
+                }
+                _ => Some(Ok(())),
+            }
+        });
+        match r {
+            Ok(()) => Ok(stream),
+            Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    if let Some(core) = self.shared.lock().as_mut() {
+                        core.counters.attempt_fails += 1;
+                        core.sockets.get_mut::<tcp::Socket>(h).abort();
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl TcpListener {
+    /// Waits for the next established connection.
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        self.accept_timeout(None)
+    }
+
+    /// As [`accept`](Self::accept), giving up after `timeout` (`ErrorKind::TimedOut`).
+    pub fn accept_timeout(&self, timeout: Option<Duration>) -> io::Result<(TcpStream, SocketAddr)> {
+        let port = self.port;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let h = block_on(&self.shared, deadline, |core, w| {
+            let l = core.listeners.get_mut(&port)?;
+            match l.ready.pop_front() {
+                Some(h) => {
+                    let st = core.sockets.get::<tcp::Socket>(h).state();
+                    core.conns.insert(h, Conn::new(st, false, None));
+                    Some(Ok(h))
+                }
+                None => {
+                    if !l.waiters.iter().any(|x| x.will_wake(w)) {
+                        l.waiters.push(w.clone());
+                    }
+                    None
+                }
+            }
+        })?;
+        let stream = TcpStream {
+            shared: self.shared.clone(),
+            handle: h,
+            read_timeout: None,
+            write_timeout: None,
+        };
+        let peer = stream.peer_addr()?;
+        Ok((stream, peer))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        let g = self.shared.lock();
+        let core = g.as_ref().ok_or_else(stopped)?;
+        Ok(SocketAddr::V4(SocketAddrV4::new(core.addr, self.port)))
+    }
+
+    /// Connections waiting in the accept queue (established, not yet accepted).
+    pub fn queued(&self) -> usize {
+        self.shared
+            .lock()
+            .as_ref()
+            .and_then(|c| c.listeners.get(&self.port))
+            .map_or(0, |l| l.ready.len())
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        if let Some(core) = self.shared.lock().as_mut() {
+            if let Some(l) = core.listeners.remove(&self.port) {
+                core.dev.listen_capacity.remove(&self.port);
+                for h in l.listening {
+                    core.sockets.remove(h);
+                }
+                // Connections nobody accepted are reset, then freed by the shard.
+                for h in l.handshaking.into_iter().map(|(h, _)| h).chain(l.ready) {
+                    core.sockets.get_mut::<tcp::Socket>(h).abort();
+                    core.conns
+                        .insert(h, Conn::new(tcp::State::Closed, true, None));
+                }
+            }
+        }
+        self.shared.waker.wake();
+    }
+}
+
+/// A TCP connection. `Read`/`Write` block like std's (with optional timeouts); dropping it
+/// closes the connection gracefully (FIN).
+pub struct TcpStream {
+    shared: Arc<Shared>,
+    handle: SocketHandle,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl TcpStream {
+    fn with<T>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> T) -> io::Result<T> {
+        let mut g = self.shared.lock();
+        let core = g.as_mut().ok_or_else(stopped)?;
+        let r = f(core.sockets.get_mut::<tcp::Socket>(self.handle));
+        drop(g);
+        self.shared.waker.wake();
+        Ok(r)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.with(|s| s.remote_endpoint())?
+            .map(to_std)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.with(|s| s.local_endpoint())?
+            .map(to_std)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// Disables Nagle's algorithm (std's `set_nodelay`).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.with(|s| s.set_nagle_enabled(!nodelay))
+    }
+
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.with(|s| !s.nagle_enabled())
+    }
+
+    /// Delayed-ACK timeout (`None`: acknowledge at once).
+    pub fn set_ack_delay(&self, d: Option<Duration>) -> io::Result<()> {
+        self.with(|s| {
+            s.set_ack_delay(d.map(|d| smoltcp::time::Duration::from_micros(d.as_micros() as u64)))
+        })
+    }
+
+    /// TCP keep-alive interval (`None`: off).
+    pub fn set_keepalive(&self, d: Option<Duration>) -> io::Result<()> {
+        self.with(|s| {
+            s.set_keep_alive(d.map(|d| smoltcp::time::Duration::from_micros(d.as_micros() as u64)))
+        })
+    }
+
+    pub fn set_read_timeout(&mut self, d: Option<Duration>) -> io::Result<()> {
+        if d == Some(Duration::ZERO) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero timeout"));
+        }
+        self.read_timeout = d;
+        Ok(())
+    }
+
+    pub fn set_write_timeout(&mut self, d: Option<Duration>) -> io::Result<()> {
+        if d == Some(Duration::ZERO) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero timeout"));
+        }
+        self.write_timeout = d;
+        Ok(())
+    }
+
+    /// `Write` closes our sending side (FIN); `Read`/`Both` also stop reading.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        if how == Shutdown::Read {
+            return Ok(());
+        }
+        let mut g = self.shared.lock();
+        let core = g.as_mut().ok_or_else(stopped)?;
+        core.sockets.get_mut::<tcp::Socket>(self.handle).close();
+        if let Some(c) = core.conns.get_mut(&self.handle) {
+            c.we_closed = true;
+        }
+        drop(g);
+        self.shared.waker.wake();
+        Ok(())
+    }
+
+    /// Aborts the connection with a RST (like SO_LINGER 0 then close).
+    pub fn reset(&self) -> io::Result<()> {
+        self.with(|s| s.abort())
+    }
+
+    /// The TCP state, for diagnostics.
+    pub fn state(&self) -> io::Result<tcp::State> {
+        self.with(|s| s.state())
+    }
+
+    /// Sending blocks until everything written has been acknowledged (or the connection dies).
+    pub fn wait_sent(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let h = self.handle;
+        block_on(
+            &self.shared,
+            timeout.map(|t| Instant::now() + t),
+            |core, w| {
+                let s = core.sockets.get_mut::<tcp::Socket>(h);
+                if s.send_queue() == 0 || !s.is_open() {
+                    Some(Ok(()))
+                } else {
+                    s.register_send_waker(w);
+                    None
+                }
+            },
+        )
+    }
+}
+
+fn closed_error(state: tcp::State) -> io::Error {
+    if state == tcp::State::Closed {
+        io::Error::new(io::ErrorKind::ConnectionReset, "connection reset")
+    } else {
+        io::Error::new(io::ErrorKind::BrokenPipe, "connection closed for sending")
+    }
+}
+
+impl Read for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let h = self.handle;
+        block_on(
+            &self.shared,
+            self.read_timeout.map(|t| Instant::now() + t),
+            |core, w| {
+                let s = core.sockets.get_mut::<tcp::Socket>(h);
+                let st = s.state();
+                if let Some(c) = core.conns.get_mut(&h) {
+                    c.observe(st);
+                }
+                let s = core.sockets.get_mut::<tcp::Socket>(h);
+                if s.can_recv() {
+                    return Some(
+                        s.recv_slice(buf)
+                            .map_err(|e| io::Error::other(e.to_string())),
+                    );
+                }
+                if !s.may_recv() {
+                    // FIN received (CloseWait, LastAck, TimeWait, Closing) is a clean EOF; a socket
+                    // that went straight to Closed without our close() was reset.
+                    let st = s.state();
+                    let reset = st == tcp::State::Closed
+                        && core
+                            .conns
+                            .get(&h)
+                            .is_some_and(|c| !c.fin_seen && !c.we_closed);
+                    return Some(if reset { Err(closed_error(st)) } else { Ok(0) });
+                }
+                s.register_recv_waker(w);
+                None
+            },
+        )
+    }
+}
+
+impl Write for TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let h = self.handle;
+        block_on(
+            &self.shared,
+            self.write_timeout.map(|t| Instant::now() + t),
+            |core, w| {
+                let s = core.sockets.get_mut::<tcp::Socket>(h);
+                if s.can_send() {
+                    return Some(
+                        s.send_slice(buf)
+                            .map_err(|e| io::Error::other(e.to_string())),
+                    );
+                }
+                if !s.may_send() {
+                    return Some(Err(closed_error(s.state())));
+                }
+                s.register_send_waker(w);
+                None
+            },
+        )
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        if let Some(core) = self.shared.lock().as_mut() {
+            core.sockets.get_mut::<tcp::Socket>(self.handle).close();
+            if let Some(c) = core.conns.get_mut(&self.handle) {
+                c.orphan = true;
+                c.we_closed = true;
+            }
+        }
+        self.shared.waker.wake();
+    }
+}
