@@ -623,6 +623,11 @@ impl Steering {
         }
     }
 
+    /// Bitmap of the queues that have an AF_XDP socket in the XSKMAP (bit q = queue q).
+    pub fn registered_queues(&self) -> Result<u64, SteerError> {
+        registered_queues(&self.pins)
+    }
+
     /// The status of `iface`'s attachment (also when it is only partly there).
     pub fn status(iface: &str, pin_root: Option<&Path>) -> Result<SteeringStatus, SteerError> {
         check_iface_name(iface)?;

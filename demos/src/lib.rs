@@ -1,5 +1,7 @@
 //! What the demo services share: the common flags, startup with a helpful error, logging, and a
 //! bounded run time.
+pub mod http;
+
 use std::{process::ExitCode, time::Duration};
 
 use clap::Args;

@@ -24,6 +24,8 @@ pub enum StackError {
         ifindex: u32,
         pinned: u32,
     },
+    #[error("queue {queue} of {iface} is already served by another AF_XDP socket (another service running?)")]
+    QueueBusy { iface: String, queue: u32 },
     #[error("AF_XDP: {0}")]
     Xsk(String),
     #[error("{what}: {source}")]

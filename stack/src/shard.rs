@@ -187,6 +187,13 @@ impl Core {
                 wanted: cfg.queue,
             });
         }
+        // One shard per queue: a second socket would take the XSKMAP slot from the first.
+        if steering.registered_queues()? & (1u64 << cfg.queue.min(63)) != 0 {
+            return Err(StackError::QueueBusy {
+                iface: cfg.iface.clone(),
+                queue: cfg.queue,
+            });
+        }
         let (addr, prefix) = sys::netlink::addresses(ifindex)
             .map_err(|e| StackError::io("reading interface addresses (netlink)", e))?
             .into_iter()
@@ -307,9 +314,19 @@ impl Core {
         inner.xsk.reclaim();
         inner.xsk.refill();
         self.dev.begin_batch();
+        let refused_before = self.dev.inner.get_mut().counters.syn_refused;
         let ts = smol_now(self.start, now);
         let changed =
             self.iface.poll(ts, &mut self.dev, &mut self.sockets) == PollResult::SocketStateChanged;
+        let refused = self.dev.inner.get_mut().counters.syn_refused - refused_before;
+        if refused > 0 {
+            // Attribute refusals to the limit that kept the listener unarmed.
+            if self.open_connections() >= self.cfg.max_connections {
+                self.counters.conn_limit += refused;
+            } else {
+                self.counters.backlog_full += refused;
+            }
+        }
         let moved = self.track_listeners(now);
         if now.duration_since(self.last_maintenance) >= Duration::from_millis(10) {
             self.last_maintenance = now;
@@ -369,7 +386,6 @@ impl Core {
     /// accept queue. Returns whether anything moved.
     fn track_listeners(&mut self, now: Instant) -> bool {
         let mut moved = false;
-        let before = self.dev.inner.get_mut().counters.syn_refused;
         for l in self.listeners.values_mut() {
             let sockets = &self.sockets;
             let mut i = 0;
@@ -403,14 +419,6 @@ impl Core {
                     w.wake();
                 }
                 break;
-            }
-        }
-        let refused = self.dev.inner.get_mut().counters.syn_refused - before;
-        if refused > 0 {
-            if self.open_connections() >= self.cfg.max_connections {
-                self.counters.conn_limit += refused;
-            } else {
-                self.counters.backlog_full += refused;
             }
         }
         moved

@@ -186,6 +186,14 @@ impl Stack {
     }
 }
 
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
 impl TcpListener {
     /// Waits for the next established connection.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {

@@ -63,6 +63,14 @@ impl Stack {
     }
 }
 
+impl std::fmt::Debug for UdpSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpSocket")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
 impl UdpSocket {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         let g = self.shared.lock();
