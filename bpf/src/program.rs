@@ -113,6 +113,8 @@ pub struct SteeringStatus {
 pub struct RuleEntry {
     pub rule: String,
     pub owner: String,
+    /// The service that added it, for service rules.
+    pub pid: Option<u32>,
 }
 
 /// AF_XDP sockets of one queue of an interface.
@@ -649,6 +651,10 @@ impl Steering {
                     .map(|(r, o)| RuleEntry {
                         rule: r.to_string(),
                         owner: o.to_string(),
+                        pid: match o {
+                            RuleOwner::Service { pid } => Some(pid),
+                            RuleOwner::Static => None,
+                        },
                     })
                     .collect(),
             ),

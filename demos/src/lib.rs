@@ -76,13 +76,29 @@ impl Common {
         })
     }
 
-    /// Sleeps for `--duration` seconds (or forever) on the calling thread.
+    /// Returns on SIGINT/SIGTERM or after `--duration` seconds, so the caller can shut the
+    /// stack down cleanly (its steering rules removed, its sockets closed).
     pub fn wait(&self) {
-        if self.duration == 0 {
-            loop {
-                std::thread::park();
+        let mut signals = match signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return;
             }
+        };
+        let handle = signals.handle();
+        if self.duration > 0 {
+            let d = Duration::from_secs(self.duration);
+            std::thread::spawn(move || {
+                std::thread::sleep(d);
+                handle.close();
+            });
         }
-        std::thread::sleep(Duration::from_secs(self.duration));
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(sig, "shutting down");
+        }
     }
 }

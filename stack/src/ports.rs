@@ -47,9 +47,20 @@ impl PortClaim {
         // A rule for this flow may already be there (a static one from the loader, or an
         // any-address one): then it is not ours to add or remove.
         let existing = steering.rules()?;
-        let covered = existing.iter().any(|(r, _)| {
-            r.protocol == protocol && r.port == port && (r.addr.is_none() || r.addr == Some(addr))
-        });
+        let mut covered = false;
+        for (r, owner) in existing {
+            if r.protocol != protocol || r.port != port || r.addr.is_some_and(|a| a != addr) {
+                continue;
+            }
+            match owner {
+                // Left behind by a service that died without cleaning up: ours now.
+                RuleOwner::Service { pid } if !process_alive(pid) => {
+                    steering.remove_rule(r)?;
+                    tracing::info!(rule = %r, pid, "took over the rule of a dead service");
+                }
+                _ => covered = true,
+            }
+        }
         let added_rule = if covered {
             false
         } else {
@@ -79,4 +90,9 @@ impl Drop for PortClaim {
             }
         }
     }
+}
+
+/// Whether a process with this pid exists (in our pid namespace).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

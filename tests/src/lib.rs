@@ -71,3 +71,72 @@ pub fn loader_ok(args: &[&str]) -> String {
     );
     r.stdout
 }
+
+/// A demo service started for a test; Drop kills it (by its own PID) and reaps it.
+pub struct Service {
+    child: std::process::Child,
+    pub name: String,
+}
+
+impl Service {
+    /// Starts workspace binary `name` with `args` and waits until it prints its "serving" line.
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(workspace_bin(name))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let mut svc = Service {
+            child,
+            name: name.to_string(),
+        };
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) if line.contains("serving") => svc,
+            other => {
+                let _ = svc.child.kill();
+                let out = svc.child.wait_with_output_ref();
+                panic!("{name} did not start: {other:?}; stderr: {out}");
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitRef for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        use std::io::Read;
+        let _ = self.wait();
+        let mut s = String::new();
+        if let Some(e) = self.stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -281,8 +281,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     println!("  rules     none");
                 }
                 for (n, r) in s.rules.iter().enumerate() {
+                    let dead = r
+                        .pid
+                        .is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+                    let note = if dead {
+                        ", not running: stale, fails open"
+                    } else {
+                        ""
+                    };
                     println!(
-                        "  {}{} ({})",
+                        "  {}{} ({}{note})",
                         if n == 0 { "rules     " } else { "          " },
                         r.rule,
                         r.owner

@@ -1,0 +1,186 @@
+//! The demo services as users run them: real binaries, real clients (curl, ab, nc) in the
+//! namespace. Root only (skips loudly otherwise, fails under CI=true).
+
+use testbed::{loader_ok, require_root, Service, Testbed};
+
+fn bed() -> Testbed {
+    let tb = Testbed::new();
+    loader_ok(&["attach", &tb.host_if, "--queue", "3"]);
+    tb
+}
+
+fn args<'a>(tb: &'a Testbed, port: &'a str) -> Vec<&'a str> {
+    vec!["--iface", &tb.host_if, "--queue", "3", "--port", port]
+}
+
+#[test]
+fn http_hello_serves_curl_and_ab_without_failures() {
+    if !require_root("http_hello_serves_curl_and_ab_without_failures") {
+        return;
+    }
+    let tb = bed();
+    let _svc = Service::start("http-hello", &args(&tb, "8080"));
+    let url = format!("http://{}:8080/", tb.host_ip);
+    let out = tb.ns("curl", &["-s", "-i", "-m", "5", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "curl: {text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK")
+            && text.contains("Content-Length: 29")
+            && text.ends_with("Hello from the AF_XDP stack!\n"),
+        "{text}"
+    );
+    let code = tb.ns(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "5",
+            &format!("{url}missing"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&code.stdout), "404");
+    // Two requests on one connection (keep-alive).
+    let two = tb.ns(
+        "curl",
+        &["-s", "-m", "5", "-w", "%{num_connects}\n", &url, &url],
+    );
+    let t = String::from_utf8_lossy(&two.stdout);
+    assert_eq!(t.matches("Hello from").count(), 2, "{t}");
+    let hello = "Hello from the AF_XDP stack!\n";
+    assert_eq!(
+        t,
+        format!("{hello}1\n{hello}0\n"),
+        "the second request reused the connection"
+    );
+    for extra in [&["-k"][..], &[][..]] {
+        let mut a = vec!["-n", "2000", "-c", "16"];
+        a.extend_from_slice(extra);
+        a.push(&url);
+        let ab = tb.ns("ab", &a);
+        let t = String::from_utf8_lossy(&ab.stdout);
+        assert!(
+            ab.status.success(),
+            "ab {extra:?}: {t} {}",
+            String::from_utf8_lossy(&ab.stderr)
+        );
+        assert!(t.contains("Complete requests:      2000"), "{t}");
+        assert!(t.contains("Failed requests:        0"), "{t}");
+        assert!(!t.contains("Non-2xx"), "{t}");
+    }
+}
+
+#[test]
+fn tcp_echo_echoes_with_nc() {
+    if !require_root("tcp_echo_echoes_with_nc") {
+        return;
+    }
+    let tb = bed();
+    let _svc = Service::start("tcp-echo", &args(&tb, "7000"));
+    let script = format!("head -c 200000 /dev/urandom > /tmp/{0}.in; nc -q 2 -w 5 {1} 7000 < /tmp/{0}.in > /tmp/{0}.out; cmp /tmp/{0}.in /tmp/{0}.out && echo SAME; rm -f /tmp/{0}.in /tmp/{0}.out", tb.ns, tb.host_ip);
+    let out = tb.ns("bash", &["-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "SAME",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn udp_echo_echoes_with_nc() {
+    if !require_root("udp_echo_echoes_with_nc") {
+        return;
+    }
+    let tb = bed();
+    let _svc = Service::start("udp-echo", &args(&tb, "9000"));
+    let out = tb.ns(
+        "bash",
+        &[
+            "-c",
+            &format!("echo datagram-1 | nc -u -w 1 {} 9000", tb.host_ip),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "datagram-1");
+}
+
+#[test]
+fn demos_explain_a_missing_attachment() {
+    if !require_root("demos_explain_a_missing_attachment") {
+        return;
+    }
+    let tb = Testbed::new();
+    for demo in ["tcp-echo", "udp-echo", "http-hello"] {
+        let out = testbed::run(
+            testbed::workspace_bin(demo).to_str().unwrap(),
+            &args(&tb, "7000"),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{demo}: {err}");
+        assert!(
+            err.contains(&format!(
+                "hint: attach the steering program first: xdp-loader attach {} --queue 3",
+                tb.host_if
+            )),
+            "{demo}: {err}"
+        );
+    }
+    let out = testbed::run(
+        testbed::workspace_bin("tcp-echo").to_str().unwrap(),
+        &args(&tb, "0"),
+    );
+    assert_eq!(out.status.code(), Some(2), "port 0 is a usage error");
+}
+
+#[test]
+fn killed_service_fails_open_and_a_restart_takes_the_flows_back() {
+    if !require_root("killed_service_fails_open_and_a_restart_takes_the_flows_back") {
+        return;
+    }
+    let tb = bed();
+    let echo_once = |tb: &Testbed| {
+        let out = tb.ns(
+            "bash",
+            &[
+                "-c",
+                &format!("echo ping-{0} | nc -q 1 -w 3 {0} 7000", tb.host_ip),
+            ],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let svc = Service::start("tcp-echo", &args(&tb, "7000"));
+    assert_eq!(echo_once(&tb).1, format!("ping-{}", tb.host_ip));
+    drop(svc); // SIGKILL: no clean shutdown
+               // The kernel closed the XSK, so the flow falls back to the kernel, which has no listener: RST.
+    let started = std::time::Instant::now();
+    let (code, text) = echo_once(&tb);
+    assert!(
+        code != Some(0) && text.is_empty(),
+        "refused by the kernel: {code:?} {text}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused at once, not timed out"
+    );
+    let status = loader_ok(&["status", &tb.host_if]);
+    assert!(
+        status.contains("not running: stale"),
+        "the dead service's rule is flagged: {status}"
+    );
+    assert!(status.contains("3:-"), "{status}");
+    // Started again, without re-attaching: it takes the flows (and the stale rule) back.
+    let _svc = Service::start("tcp-echo", &args(&tb, "7000"));
+    assert_eq!(echo_once(&tb).1, format!("ping-{}", tb.host_ip));
+    let status = loader_ok(&["status", &tb.host_if]);
+    assert!(
+        !status.contains("not running") && status.contains("3:xsk"),
+        "{status}"
+    );
+}
