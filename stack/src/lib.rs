@@ -17,6 +17,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod accept;
 mod config;
 mod device;
 mod error;

@@ -4,13 +4,12 @@
 //! through handles that lock its core for the length of one call and wake it afterwards; the
 //! shard takes the lock once per batch, never per packet.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     net::Ipv4Addr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
     },
-    task::Waker,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -19,11 +18,12 @@ use smoltcp::{
     iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet},
     socket::{tcp, udp},
     time::Instant as SmolInstant,
-    wire::{HardwareAddress, IpCidr, IpEndpoint, Ipv4Address},
+    wire::{HardwareAddress, IpCidr, IpEndpoint},
 };
 use steer_bpf::Steering;
 
 use crate::{
+    accept::AcceptQueue,
     config::Config,
     device::{DeviceCounters, XskDevice},
     error::StackError,
@@ -34,13 +34,9 @@ use crate::{
     xsk::FrameCounts,
 };
 
-/// A listener's accept queue: armed listening sockets, connections in their handshake, and
-/// established connections waiting for `accept()`.
+/// A listening port: its accept queue and its port claim.
 pub(crate) struct Listener {
-    pub listening: Vec<SocketHandle>,
-    pub handshaking: Vec<(SocketHandle, Instant)>,
-    pub ready: VecDeque<SocketHandle>,
-    pub waiters: Vec<Waker>,
+    pub queue: AcceptQueue,
     pub _claim: PortClaim,
 }
 
@@ -164,6 +160,19 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     v.try_into().ok()
 }
 
+/// A TCP socket with the configured buffers and options.
+fn tcp_socket(cfg: &Config) -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; cfg.tcp_rx_buffer]),
+        tcp::SocketBuffer::new(vec![0; cfg.tcp_tx_buffer]),
+    );
+    let smol = |d: Duration| smoltcp::time::Duration::from_micros(d.as_micros() as u64);
+    s.set_nagle_enabled(cfg.nagle);
+    s.set_ack_delay(cfg.ack_delay.map(smol));
+    s.set_keep_alive(cfg.keep_alive.map(smol));
+    s
+}
+
 impl Core {
     pub fn open(cfg: Config) -> Result<Self, StackError> {
         cfg.validate().map_err(StackError::Config)?;
@@ -225,20 +234,18 @@ impl Core {
             L2Timing::default(),
         );
         let mut dev = XskDevice::new(xsk, l2, mac, mtu, cfg.ring_size as usize);
-        dev.rx_budget = cfg.listen_depth.max(16);
+        dev.rx_budget = cfg.listen_depth.max(8);
 
         let start = Instant::now();
         let mut icfg = IfaceConfig::new(HardwareAddress::Ip);
         icfg.random_seed = os_seed();
         let mut iface = Interface::new(icfg, &mut dev, smol_now(start, start));
         iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(Ipv4Address::from(addr).into(), prefix));
+            let _ = a.push(IpCidr::new(addr.into(), prefix));
         });
         // smoltcp only needs to know an off-link destination is reachable; the real next hop
         // comes from the kernel's routes in the L2 layer.
-        let _ = iface
-            .routes_mut()
-            .add_default_ipv4_route(Ipv4Address::from(addr));
+        let _ = iface.routes_mut().add_default_ipv4_route(addr);
 
         // Registered last: from here on the XDP program redirects to us.
         steering.register_xsk(cfg.queue, dev.inner.get_mut().xsk.borrowed_fd())?;
@@ -261,22 +268,7 @@ impl Core {
     }
 
     pub fn new_tcp_socket(&self) -> tcp::Socket<'static> {
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buffer]),
-        );
-        s.set_nagle_enabled(self.cfg.nagle);
-        s.set_ack_delay(
-            self.cfg
-                .ack_delay
-                .map(|d| smoltcp::time::Duration::from_micros(d.as_micros() as u64)),
-        );
-        s.set_keep_alive(
-            self.cfg
-                .keep_alive
-                .map(|d| smoltcp::time::Duration::from_micros(d.as_micros() as u64)),
-        );
-        s
+        tcp_socket(&self.cfg)
     }
 
     pub fn new_udp_socket(&self) -> udp::Socket<'static> {
@@ -299,7 +291,7 @@ impl Core {
             + self
                 .listeners
                 .values()
-                .map(|l| l.handshaking.len() + l.ready.len())
+                .map(|l| l.queue.queued())
                 .sum::<usize>()
     }
 
@@ -343,83 +335,30 @@ impl Core {
     fn arm_listeners(&mut self) {
         let open = self.open_connections();
         let mut room = self.cfg.max_connections.saturating_sub(open);
+        let (depth, backlog) = (self.cfg.listen_depth, self.cfg.backlog);
         let ports: Vec<u16> = self.listeners.keys().copied().collect();
         for port in ports {
-            let (queued, armed) = {
-                let l = &self.listeners[&port];
-                (l.handshaking.len() + l.ready.len(), l.listening.len())
-            };
-            let by_backlog = self.cfg.backlog.saturating_sub(queued);
-            let want = self.cfg.listen_depth.min(by_backlog).min(room);
+            let want = self.listeners[&port].queue.want(depth, backlog, room);
             room = room.saturating_sub(want);
-            for _ in armed..want {
-                let mut s = self.new_tcp_socket();
-                if s.listen(port).is_err() {
-                    break;
-                }
-                let h = self.sockets.add(s);
-                self.listeners
-                    .get_mut(&port)
-                    .expect("listener")
-                    .listening
-                    .push(h);
-            }
-            // Past the limits, armed sockets beyond `want` are withdrawn so SYNs are refused.
-            while self.listeners[&port].listening.len() > want {
-                let h = self
-                    .listeners
-                    .get_mut(&port)
-                    .expect("listener")
-                    .listening
-                    .pop()
-                    .expect("armed socket");
-                self.sockets.remove(h);
-            }
-            let l = &self.listeners[&port];
+            let mut listener = self.listeners.remove(&port).expect("listener");
+            let cfg = &self.cfg;
+            listener
+                .queue
+                .arm(&mut self.sockets, port, want, || tcp_socket(cfg));
             self.dev
                 .listen_capacity
-                .insert(port, l.listening.len() as u32);
+                .insert(port, listener.queue.armed() as u32);
+            self.listeners.insert(port, listener);
         }
     }
 
-    /// Moves sockets that left LISTEN into the handshake list, and established ones to the
-    /// accept queue. Returns whether anything moved.
+    /// Moves sockets along each accept queue. Returns whether anything moved.
     fn track_listeners(&mut self, now: Instant) -> bool {
         let mut moved = false;
         for l in self.listeners.values_mut() {
-            let sockets = &self.sockets;
-            let mut i = 0;
-            while i < l.listening.len() {
-                let h = l.listening[i];
-                if sockets.get::<tcp::Socket>(h).state() != tcp::State::Listen {
-                    l.listening.swap_remove(i);
-                    l.handshaking.push((h, now));
-                    moved = true;
-                } else {
-                    i += 1;
-                }
-            }
-            let mut i = 0;
-            while i < l.handshaking.len() {
-                let (h, _) = l.handshaking[i];
-                let st = sockets.get::<tcp::Socket>(h).state();
-                if matches!(st, tcp::State::SynReceived) {
-                    i += 1;
-                    continue;
-                }
-                l.handshaking.swap_remove(i);
-                if st == tcp::State::Closed {
-                    self.sockets.remove(h);
-                } else {
-                    l.ready.push_back(h);
-                    self.counters.passive_opens += 1;
-                }
-                moved = true;
-                for w in l.waiters.drain(..) {
-                    w.wake();
-                }
-                break;
-            }
+            let t = l.queue.track(&mut self.sockets, now);
+            moved |= t.moved;
+            self.counters.passive_opens += t.established;
         }
         moved
     }
@@ -429,19 +368,12 @@ impl Core {
     fn expire(&mut self, now: Instant) {
         let hs = self.cfg.handshake_timeout;
         for l in self.listeners.values_mut() {
-            let sockets = &mut self.sockets;
-            l.handshaking.retain(|&(h, since)| {
-                if now.duration_since(since) >= hs {
-                    sockets.get_mut::<tcp::Socket>(h).abort();
-                    self.counters.handshake_timeouts += 1;
-                    // The RST goes out on the next poll; the socket is then freed below.
-                    self.conns
-                        .insert(h, Conn::new(tcp::State::Closed, true, None));
-                    false
-                } else {
-                    true
-                }
-            });
+            for h in l.queue.expire(&mut self.sockets, now, hs) {
+                self.counters.handshake_timeouts += 1;
+                // The RST goes out on the next poll; the socket is then freed below.
+                self.conns
+                    .insert(h, Conn::new(tcp::State::Closed, true, None));
+            }
         }
         let idle = self.cfg.idle_timeout;
         let mut freed = Vec::new();
@@ -495,7 +427,7 @@ impl Core {
     }
 
     pub fn local_endpoint(&self, port: u16) -> IpEndpoint {
-        IpEndpoint::new(Ipv4Address::from(self.addr).into(), port)
+        IpEndpoint::new(self.addr.into(), port)
     }
 
     pub fn stats(&mut self) -> StackStats {

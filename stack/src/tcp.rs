@@ -1,7 +1,6 @@
 //! TCP with std::net-shaped types: a listener with a real, bounded accept queue, and streams
 //! that implement `Read` and `Write`, usable from any thread.
 use std::{
-    collections::VecDeque,
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr, SocketAddrV4},
     sync::{atomic::Ordering, Arc},
@@ -18,6 +17,7 @@ use smoltcp::{
 use steer_bpf::Protocol;
 
 use crate::{
+    accept::AcceptQueue,
     error::StackError,
     ports::PortClaim,
     shard::{Conn, Core, Listener, Shared, Stack},
@@ -104,10 +104,7 @@ impl Stack {
         core.listeners.insert(
             port,
             Listener {
-                listening: Vec::new(),
-                handshaking: Vec::new(),
-                ready: VecDeque::new(),
-                waiters: Vec::new(),
+                queue: AcceptQueue::default(),
                 _claim: claim,
             },
         );
@@ -206,16 +203,14 @@ impl TcpListener {
         let deadline = timeout.map(|t| Instant::now() + t);
         let h = block_on(&self.shared, deadline, |core, w| {
             let l = core.listeners.get_mut(&port)?;
-            match l.ready.pop_front() {
+            match l.queue.pop() {
                 Some(h) => {
                     let st = core.sockets.get::<tcp::Socket>(h).state();
                     core.conns.insert(h, Conn::new(st, false, None));
                     Some(Ok(h))
                 }
                 None => {
-                    if !l.waiters.iter().any(|x| x.will_wake(w)) {
-                        l.waiters.push(w.clone());
-                    }
+                    l.queue.wait(w);
                     None
                 }
             }
@@ -242,20 +237,20 @@ impl TcpListener {
             .lock()
             .as_ref()
             .and_then(|c| c.listeners.get(&self.port))
-            .map_or(0, |l| l.ready.len())
+            .map_or(0, |l| l.queue.ready.len())
     }
 }
 
 impl Drop for TcpListener {
     fn drop(&mut self) {
         if let Some(core) = self.shared.lock().as_mut() {
-            if let Some(l) = core.listeners.remove(&self.port) {
+            if let Some(mut l) = core.listeners.remove(&self.port) {
                 core.dev.listen_capacity.remove(&self.port);
-                for h in l.listening {
-                    core.sockets.remove(h);
-                }
+                l.queue.arm(&mut core.sockets, self.port, 0, || {
+                    unreachable!("arming nothing")
+                });
                 // Connections nobody accepted are reset, then freed by the shard.
-                for h in l.handshaking.into_iter().map(|(h, _)| h).chain(l.ready) {
+                for h in l.queue.drain_connections() {
                     core.sockets.get_mut::<tcp::Socket>(h).abort();
                     core.conns
                         .insert(h, Conn::new(tcp::State::Closed, true, None));

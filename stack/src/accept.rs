@@ -1,0 +1,332 @@
+//! The accept backlog smoltcp lacks. A listener keeps a few sockets armed in LISTEN; each SYN
+//! takes one. Sockets that left LISTEN are tracked through the handshake into a bounded queue of
+//! established connections that `accept()` pops. With the queue full (or the shard at its
+//! connection limit) no socket is armed, so smoltcp answers new SYNs with RST: a full backlog
+//! refuses, it never silently drops. Sans-IO: the caller passes the socket set and the time.
+use std::{
+    collections::VecDeque,
+    task::Waker,
+    time::{Duration, Instant},
+};
+
+use smoltcp::{
+    iface::{SocketHandle, SocketSet},
+    socket::tcp,
+};
+
+/// One listener's armed sockets, handshakes in flight and established connections.
+#[derive(Debug, Default)]
+pub struct AcceptQueue {
+    pub(crate) listening: Vec<SocketHandle>,
+    pub(crate) handshaking: Vec<(SocketHandle, Instant)>,
+    pub(crate) ready: VecDeque<SocketHandle>,
+    waiters: Vec<Waker>,
+}
+
+/// What a [`AcceptQueue::track`] pass saw.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tracked {
+    /// Sockets that moved between stages.
+    pub moved: bool,
+    /// Connections that completed their handshake (passive opens).
+    pub established: u64,
+}
+
+impl AcceptQueue {
+    /// Connections counted against the backlog: in handshake or waiting for accept().
+    pub fn queued(&self) -> usize {
+        self.handshaking.len() + self.ready.len()
+    }
+
+    /// Sockets armed in LISTEN.
+    pub fn armed(&self) -> usize {
+        self.listening.len()
+    }
+
+    /// How many sockets to keep armed: the SYNs one batch may take, within the backlog and the
+    /// room `room` left under the shard's connection limit.
+    pub fn want(&self, depth: usize, backlog: usize, room: usize) -> usize {
+        depth.min(backlog.saturating_sub(self.queued())).min(room)
+    }
+
+    /// Arms or withdraws listening sockets until exactly `want` are armed.
+    pub fn arm(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        port: u16,
+        want: usize,
+        mut make: impl FnMut() -> tcp::Socket<'static>,
+    ) {
+        while self.listening.len() < want {
+            let mut s = make();
+            if s.listen(port).is_err() {
+                break;
+            }
+            self.listening.push(sockets.add(s));
+        }
+        while self.listening.len() > want {
+            if let Some(h) = self.listening.pop() {
+                sockets.remove(h);
+            }
+        }
+    }
+
+    /// Moves sockets along: LISTEN → handshake → ready (or freed if the handshake failed).
+    pub fn track(&mut self, sockets: &mut SocketSet<'static>, now: Instant) -> Tracked {
+        let mut t = Tracked::default();
+        let mut i = 0;
+        while i < self.listening.len() {
+            let h = self.listening[i];
+            if sockets.get::<tcp::Socket>(h).state() != tcp::State::Listen {
+                self.listening.swap_remove(i);
+                self.handshaking.push((h, now));
+                t.moved = true;
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < self.handshaking.len() {
+            let (h, _) = self.handshaking[i];
+            match sockets.get::<tcp::Socket>(h).state() {
+                tcp::State::SynReceived => i += 1,
+                tcp::State::Closed => {
+                    self.handshaking.swap_remove(i);
+                    sockets.remove(h);
+                    t.moved = true;
+                }
+                _ => {
+                    self.handshaking.swap_remove(i);
+                    self.ready.push_back(h);
+                    t.moved = true;
+                    t.established += 1;
+                }
+            }
+        }
+        if t.established > 0 {
+            for w in self.waiters.drain(..) {
+                w.wake();
+            }
+        }
+        t
+    }
+
+    /// Aborts handshakes older than `timeout` (half-open connections of slow or hostile
+    /// clients) and returns them; the caller frees them once the RST is out.
+    pub fn expire(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        now: Instant,
+        timeout: Duration,
+    ) -> Vec<SocketHandle> {
+        let mut expired = Vec::new();
+        self.handshaking.retain(|&(h, since)| {
+            if now.duration_since(since) >= timeout {
+                sockets.get_mut::<tcp::Socket>(h).abort();
+                expired.push(h);
+                false
+            } else {
+                true
+            }
+        });
+        expired
+    }
+
+    /// The next established connection, if any.
+    pub fn pop(&mut self) -> Option<SocketHandle> {
+        self.ready.pop_front()
+    }
+
+    /// Wakes `w` when a connection becomes ready.
+    pub fn wait(&mut self, w: &Waker) {
+        if !self.waiters.iter().any(|x| x.will_wake(w)) {
+            self.waiters.push(w.clone());
+        }
+    }
+
+    /// Everything the queue holds that is not armed, for teardown.
+    pub fn drain_connections(&mut self) -> Vec<SocketHandle> {
+        self.handshaking
+            .drain(..)
+            .map(|(h, _)| h)
+            .chain(self.ready.drain(..))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::{
+        iface::{Config, Interface},
+        phy::{Loopback, Medium},
+        time::Instant as SmolInstant,
+        wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address},
+    };
+
+    const ADDR: Ipv4Address = Ipv4Address::new(198, 18, 0, 1);
+
+    struct Net {
+        iface: Interface,
+        dev: Loopback,
+        sockets: SocketSet<'static>,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Net {
+        fn new() -> Self {
+            let mut dev = Loopback::new(Medium::Ip);
+            let mut cfg = Config::new(HardwareAddress::Ip);
+            cfg.random_seed = 7;
+            let mut iface = Interface::new(cfg, &mut dev, SmolInstant::ZERO);
+            iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(ADDR), 24)).unwrap());
+            let t0 = Instant::now();
+            Self {
+                iface,
+                dev,
+                sockets: SocketSet::new(Vec::new()),
+                t0,
+                now: t0,
+            }
+        }
+        /// Simulated time: each step advances 1 ms.
+        fn step(&mut self) {
+            self.now += Duration::from_millis(1);
+            let ts = SmolInstant::from_micros((self.now - self.t0).as_micros() as i64);
+            self.iface.poll(ts, &mut self.dev, &mut self.sockets);
+        }
+        fn client(&mut self, local_port: u16) -> SocketHandle {
+            let mut s = socket();
+            s.connect(
+                self.iface.context(),
+                (IpAddress::Ipv4(ADDR), 80),
+                local_port,
+            )
+            .unwrap();
+            self.sockets.add(s)
+        }
+        fn state(&self, h: SocketHandle) -> tcp::State {
+            self.sockets.get::<tcp::Socket>(h).state()
+        }
+    }
+
+    fn socket() -> tcp::Socket<'static> {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 1024]),
+            tcp::SocketBuffer::new(vec![0; 1024]),
+        )
+    }
+
+    /// One shard loop iteration, as the runtime does it.
+    fn cycle(
+        net: &mut Net,
+        q: &mut AcceptQueue,
+        depth: usize,
+        backlog: usize,
+        room: usize,
+    ) -> Tracked {
+        let want = q.want(depth, backlog, room);
+        q.arm(&mut net.sockets, 80, want, socket);
+        net.step();
+        q.track(&mut net.sockets, net.now)
+    }
+
+    #[test]
+    fn connections_queue_up_to_the_backlog_and_the_rest_are_reset() {
+        let mut net = Net::new();
+        let mut q = AcceptQueue::default();
+        let clients: Vec<_> = (0..5).map(|i| net.client(40000 + i)).collect();
+        let mut established = 0;
+        for _ in 0..50 {
+            established += cycle(&mut net, &mut q, 8, 3, usize::MAX).established;
+        }
+        assert_eq!(established, 3);
+        assert_eq!(q.ready.len(), 3);
+        assert_eq!(q.armed(), 0, "a full queue arms nothing");
+        let states: Vec<_> = clients.iter().map(|&h| net.state(h)).collect();
+        assert_eq!(
+            states
+                .iter()
+                .filter(|s| **s == tcp::State::Established)
+                .count(),
+            3,
+            "{states:?}"
+        );
+        assert_eq!(
+            states.iter().filter(|s| **s == tcp::State::Closed).count(),
+            2,
+            "refused with RST: {states:?}"
+        );
+
+        // accept() makes room: the next client gets in.
+        let h = q.pop().unwrap();
+        assert_eq!(net.state(h), tcp::State::Established);
+        let late = net.client(41000);
+        for _ in 0..50 {
+            cycle(&mut net, &mut q, 8, 3, usize::MAX);
+        }
+        assert_eq!(net.state(late), tcp::State::Established);
+        assert_eq!(q.ready.len(), 3);
+    }
+
+    #[test]
+    fn no_room_under_the_connection_limit_refuses() {
+        let mut net = Net::new();
+        let mut q = AcceptQueue::default();
+        let c = net.client(40000);
+        for _ in 0..20 {
+            cycle(&mut net, &mut q, 8, 128, 0);
+        }
+        assert_eq!(net.state(c), tcp::State::Closed);
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn a_batch_takes_at_most_the_armed_depth() {
+        // Why the device hands smoltcp at most `listen_depth` frames per poll: within one
+        // batch, SYNs beyond the armed sockets are refused (here the loopback delivers all six
+        // SYNs in one poll, with two sockets armed).
+        let mut net = Net::new();
+        let mut q = AcceptQueue::default();
+        let clients: Vec<_> = (0..6).map(|i| net.client(42000 + i)).collect();
+        let mut est = 0;
+        for _ in 0..100 {
+            est += cycle(&mut net, &mut q, 2, 64, usize::MAX).established;
+        }
+        let count = |st: tcp::State| clients.iter().filter(|&&h| net.state(h) == st).count();
+        assert_eq!(
+            (
+                est,
+                count(tcp::State::Established),
+                count(tcp::State::Closed)
+            ),
+            (2, 2, 4)
+        );
+    }
+
+    #[test]
+    fn slow_handshakes_expire() {
+        let mut net = Net::new();
+        let mut q = AcceptQueue::default();
+        q.arm(&mut net.sockets, 80, 1, socket);
+        // Fake a socket stuck in SYN-RECEIVED: a client that never completes the handshake is
+        // modelled by moving the armed socket into the handshake list directly.
+        let h = q.listening.pop().unwrap();
+        q.handshaking.push((h, net.now));
+        assert!(q
+            .expire(
+                &mut net.sockets,
+                net.now + Duration::from_millis(500),
+                Duration::from_secs(1)
+            )
+            .is_empty());
+        let expired = q.expire(
+            &mut net.sockets,
+            net.now + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        assert_eq!(expired, vec![h]);
+        assert_eq!(q.queued(), 0);
+    }
+}
