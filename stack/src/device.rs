@@ -1,39 +1,77 @@
 //! The smoltcp device over the AF_XDP socket, in shared-IP mode: smoltcp sees IP packets
 //! (`Medium::Ip`); this layer strips the Ethernet header on receive and adds it on transmit.
 //! An RxToken hands smoltcp the frame in place; a TxToken takes its frame only in `consume`.
+//! Every received packet is validated here once (headers, checksums) so each drop is counted
+//! under its reason, and both directions feed the nstat-style counters and the capture.
 use std::{cell::RefCell, collections::HashMap, net::Ipv4Addr, time::Instant};
 
+use serde::Serialize;
 use smoltcp::{
-    phy::{self, DeviceCapabilities, Medium},
+    phy::{self, Checksum, DeviceCapabilities, Medium},
     time::Instant as SmolInstant,
 };
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
-    l2::{KernelNeighbours, L2},
+    capture::{Capture, CaptureProgress, CaptureSpec},
+    l2::{KernelNeighbours, L2Miss, L2},
     sys::xsk::{self as xsk_sys, Xsk},
+    wire::{self, RxDrop, RxKind, TxKind, TCP_ACK, TCP_RST, TCP_SYN},
 };
 
 const ETH_HLEN: usize = 14;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 
-/// Device-level counters.
-#[derive(Debug, Clone, Copy, Default)]
+/// Per-packet counters of a shard (plain integers: only the shard thread writes them).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct DeviceCounters {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    /// Frames that were not plain IPv4 over Ethernet (VLAN-tagged, ARP, runts).
+    /// Dropped on receive: not IPv4 over Ethernet (VLAN-tagged, ARP, runts).
     pub rx_not_ipv4: u64,
-    /// Outgoing packets dropped because no UMEM frame was free.
+    /// Dropped on receive: truncated or inconsistent IPv4/TCP/UDP headers.
+    pub rx_malformed: u64,
+    /// Dropped on receive: IPv4, TCP or UDP checksum wrong.
+    pub rx_bad_checksum: u64,
+    /// Dropped on receive: IPv4 fragments.
+    pub rx_fragments: u64,
+    /// Dropped on transmit: no free UMEM frame.
     pub tx_no_frame: u64,
-    /// Outgoing packets dropped because the next hop's MAC was unknown (being resolved).
+    /// Dropped on transmit: next hop's MAC unknown (being resolved).
     pub tx_no_neighbour: u64,
-    /// Outgoing packets dropped because no route leads out of this interface.
+    /// Dropped on transmit: no route out of this interface.
     pub tx_no_route: u64,
-    /// SYNs to a listening port when no listening socket was armed (refused with RST).
+    /// SYNs to a listening port with no armed socket (answered with RST).
     pub syn_refused: u64,
+    #[serde(rename = "TcpInSegs")]
+    pub tcp_in_segs: u64,
+    #[serde(rename = "TcpOutSegs")]
+    pub tcp_out_segs: u64,
+    #[serde(rename = "TcpRetransSegs")]
+    pub tcp_retrans_segs: u64,
+    #[serde(rename = "TcpOutRsts")]
+    pub tcp_out_rsts: u64,
+    #[serde(rename = "TcpInErrs")]
+    pub tcp_in_errs: u64,
+    #[serde(rename = "UdpInDatagrams")]
+    pub udp_in_datagrams: u64,
+    #[serde(rename = "UdpOutDatagrams")]
+    pub udp_out_datagrams: u64,
+    #[serde(rename = "UdpNoPorts")]
+    pub udp_no_ports: u64,
+    #[serde(rename = "UdpInErrors")]
+    pub udp_in_errors: u64,
+    #[serde(rename = "UdpRcvbufErrors")]
+    pub udp_rcvbuf_errors: u64,
+}
+
+/// Room left in a bound UDP socket's receive buffer, published by the shard before each batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UdpRoom {
+    pub packets: usize,
+    pub bytes: usize,
 }
 
 /// The mutable part, shared by the tokens of one `receive` call.
@@ -45,6 +83,71 @@ pub(crate) struct DeviceInner {
     our_mac: [u8; 6],
     /// Where smoltcp writes a packet no frame could be found for; it is then dropped.
     scratch: Vec<u8>,
+    /// Highest sequence number sent per flow (local port, remote address, remote port), to
+    /// tell retransmissions apart.
+    snd_max: HashMap<(u16, [u8; 4], u16), u32>,
+    pub capture: Option<Capture>,
+    /// The last capture, kept for status after it finished.
+    pub last_capture: Option<(CaptureSpec, std::sync::Arc<CaptureProgress>)>,
+}
+
+impl DeviceInner {
+    fn capture(&mut self, frame: &[u8]) {
+        if let Some(c) = &mut self.capture {
+            if !c.record(frame) {
+                self.capture = None;
+            }
+        }
+    }
+
+    /// Forgets sequence tracking for flows that no longer exist.
+    pub fn retain_flows(&mut self, keep: impl Fn(&(u16, [u8; 4], u16)) -> bool) {
+        self.snd_max.retain(|k, _| keep(k));
+    }
+
+    pub fn tracked_flows(&self) -> usize {
+        self.snd_max.len()
+    }
+
+    fn account_tx(&mut self, ip: &[u8]) {
+        match wire::classify_tx(ip) {
+            TxKind::Tcp {
+                src_port,
+                dst,
+                dst_port,
+                seq,
+                seq_len,
+                flags,
+            } => {
+                self.counters.tcp_out_segs += 1;
+                if flags & TCP_RST != 0 {
+                    self.counters.tcp_out_rsts += 1;
+                } else if seq_len > 0 {
+                    let end = seq.wrapping_add(seq_len);
+                    let key = (src_port, dst, dst_port);
+                    match self.snd_max.get_mut(&key) {
+                        // A segment ending at or before what was already sent is a resend.
+                        Some(max)
+                            if flags & TCP_SYN == 0 && (max.wrapping_sub(end) as i32) >= 0 =>
+                        {
+                            self.counters.tcp_retrans_segs += 1;
+                        }
+                        Some(max) => {
+                            if (end.wrapping_sub(*max) as i32) > 0 {
+                                *max = end;
+                            }
+                        }
+                        None => {
+                            self.snd_max.insert(key, end);
+                        }
+                    }
+                }
+            }
+            TxKind::Udp => self.counters.udp_out_datagrams += 1,
+            TxKind::IcmpPortUnreachable => self.counters.udp_no_ports += 1,
+            TxKind::Other => {}
+        }
+    }
 }
 
 /// A smoltcp `Device` over one XSK.
@@ -60,6 +163,8 @@ pub(crate) struct XskDevice {
     mtu: usize,
     /// Armed listening sockets per local TCP port, decremented by each SYN seen this batch.
     pub listen_capacity: HashMap<u16, u32>,
+    /// Receive room of each bound UDP port, decremented by each datagram this batch.
+    pub udp_room: HashMap<u16, UdpRoom>,
 }
 
 impl XskDevice {
@@ -80,6 +185,9 @@ impl XskDevice {
                 now: Instant::now(),
                 our_mac,
                 scratch: vec![0; mtu + ETH_HLEN],
+                snd_max: HashMap::new(),
+                capture: None,
+                last_capture: None,
             }),
             rx_batch: Vec::with_capacity(ring),
             rx_pos: 0,
@@ -87,6 +195,7 @@ impl XskDevice {
             rx_taken: 0,
             mtu,
             listen_capacity: HashMap::new(),
+            udp_room: HashMap::new(),
         }
     }
 
@@ -100,26 +209,39 @@ impl XskDevice {
         self.rx_batch.len() - self.rx_pos
     }
 
-    /// Counts a SYN to a port with no armed listening socket (smoltcp will answer RST).
-    fn watch_syn(&mut self, ip: &[u8]) {
-        if ip.len() < 20 || ip[9] != 6 {
-            return;
-        }
-        let ihl = ((ip[0] & 0x0f) as usize) * 4;
-        let Some(tcp) = ip.get(ihl..ihl + 14) else {
-            return;
-        };
-        let flags = tcp[13];
-        if flags & 0x02 == 0 || flags & 0x10 != 0 {
-            return;
-        }
-        let port = u16::from_be_bytes([tcp[2], tcp[3]]);
-        if let Some(cap) = self.listen_capacity.get_mut(&port) {
-            if *cap == 0 {
-                self.inner.get_mut().counters.syn_refused += 1;
-            } else {
-                *cap -= 1;
+    /// Accounts one valid packet; returns false if it must be dropped here (UDP socket full).
+    fn admit(&mut self, kind: RxKind) -> bool {
+        let counters = &mut self.inner.get_mut().counters;
+        match kind {
+            RxKind::Tcp { dst_port, flags } => {
+                counters.tcp_in_segs += 1;
+                if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+                    if let Some(cap) = self.listen_capacity.get_mut(&dst_port) {
+                        if *cap == 0 {
+                            counters.syn_refused += 1;
+                        } else {
+                            *cap -= 1;
+                        }
+                    }
+                }
+                true
             }
+            RxKind::Udp { dst_port, payload } => match self.udp_room.get_mut(&dst_port) {
+                // Unbound ports are left to smoltcp, which answers port unreachable (UdpNoPorts).
+                None => true,
+                // Twice the payload: the ring may pad to wrap around (smoltcp's PacketBuffer).
+                Some(room) if room.packets > 0 && room.bytes >= 2 * payload => {
+                    room.packets -= 1;
+                    room.bytes -= payload;
+                    counters.udp_in_datagrams += 1;
+                    true
+                }
+                Some(_) => {
+                    counters.udp_rcvbuf_errors += 1;
+                    false
+                }
+            },
+            RxKind::Other => true,
         }
     }
 }
@@ -143,36 +265,55 @@ impl phy::Device for XskDevice {
             let desc = self.rx_batch[self.rx_pos];
             self.rx_pos += 1;
             let frame = xsk_sys::frame(&self.umem, &desc);
-            if frame.len() < ETH_HLEN + 20 || frame[12..14] != ETHERTYPE_IPV4 {
-                let inner = self.inner.get_mut();
-                inner.counters.rx_not_ipv4 += 1;
-                inner.xsk.release(desc);
-                continue;
-            }
             let len = frame.len();
-            if !self.listen_capacity.is_empty() {
-                // Copy out the few header bytes the SYN check needs (the frame borrow must end).
-                let mut hdr = [0u8; 80];
-                let n = (len - ETH_HLEN).min(hdr.len());
-                hdr[..n].copy_from_slice(&frame[ETH_HLEN..ETH_HLEN + n]);
-                self.watch_syn(&hdr[..n]);
-            }
-            self.rx_taken += 1;
             let inner = self.inner.get_mut();
             inner.counters.rx_packets += 1;
             inner.counters.rx_bytes += len as u64;
-            return Some((
-                XskRxToken {
-                    umem: &self.umem,
-                    inner: &self.inner,
-                    desc: Some(desc),
-                },
-                XskTxToken {
-                    umem: &self.umem,
-                    inner: &self.inner,
-                    mtu: self.mtu,
-                },
-            ));
+            inner.capture(frame);
+            let verdict = if len < ETH_HLEN || frame[12..14] != ETHERTYPE_IPV4 {
+                inner.counters.rx_not_ipv4 += 1;
+                None
+            } else {
+                let ip = &frame[ETH_HLEN..];
+                let proto = ip.get(9).copied().unwrap_or(0);
+                match wire::check_rx(ip) {
+                    Ok(kind) => Some(kind),
+                    Err(why) => {
+                        let c = &mut inner.counters;
+                        match why {
+                            RxDrop::Malformed => c.rx_malformed += 1,
+                            RxDrop::BadIpChecksum | RxDrop::BadL4Checksum => c.rx_bad_checksum += 1,
+                            RxDrop::Fragment => c.rx_fragments += 1,
+                        }
+                        if matches!(why, RxDrop::Malformed | RxDrop::BadL4Checksum) {
+                            match proto {
+                                6 => c.tcp_in_errs += 1,
+                                17 => c.udp_in_errors += 1,
+                                _ => {}
+                            }
+                        }
+                        None
+                    }
+                }
+            };
+            match verdict {
+                Some(kind) if self.admit(kind) => {
+                    self.rx_taken += 1;
+                    return Some((
+                        XskRxToken {
+                            umem: &self.umem,
+                            inner: &self.inner,
+                            desc: Some(desc),
+                        },
+                        XskTxToken {
+                            umem: &self.umem,
+                            inner: &self.inner,
+                            mtu: self.mtu,
+                        },
+                    ));
+                }
+                _ => self.inner.get_mut().xsk.release(desc),
+            }
         }
     }
 
@@ -189,7 +330,11 @@ impl phy::Device for XskDevice {
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
         caps.max_burst_size = None;
-        // Checksums: verified on receive and computed on transmit (smoltcp's default, Both).
+        // IPv4/TCP/UDP checksums are verified in `receive` (and counted); smoltcp only computes
+        // them on transmit. ICMP is left to smoltcp both ways.
+        caps.checksum.ipv4 = Checksum::Tx;
+        caps.checksum.tcp = Checksum::Tx;
+        caps.checksum.udp = Checksum::Tx;
         caps
     }
 }
@@ -242,26 +387,24 @@ impl phy::TxToken for XskTxToken<'_> {
             inner.counters.tx_no_frame += 1;
             let mut scratch = std::mem::take(&mut inner.scratch);
             drop(inner);
-            scratch.resize(len.max(scratch.len()), 0);
+            if scratch.len() < len {
+                scratch.resize(len, 0);
+            }
             let r = f(&mut scratch[..len]);
             self.inner.borrow_mut().scratch = scratch;
             return r;
         };
         let total = ETH_HLEN + len;
-        let (r, dst) = match xsk_sys::frame_mut(self.umem, &mut desc, total) {
-            Some(buf) => {
-                let r = f(&mut buf[ETH_HLEN..]);
-                let dst = buf
-                    .get(ETH_HLEN + 16..ETH_HLEN + 20)
-                    .map(|d| Ipv4Addr::new(d[0], d[1], d[2], d[3]));
-                (r, dst)
-            }
-            None => {
-                // A frame smaller than the MTU cannot happen with a validated config; drop.
-                let mut scratch = vec![0u8; len];
-                (f(&mut scratch), None)
-            }
+        let Some(buf) = xsk_sys::frame_mut(self.umem, &mut desc, total) else {
+            // Cannot happen with a validated config (the MTU fits a frame); drop the packet.
+            self.inner.borrow_mut().xsk.cancel_tx(desc);
+            let mut scratch = vec![0u8; len];
+            return f(&mut scratch);
         };
+        let r = f(&mut buf[ETH_HLEN..]);
+        let dst = buf
+            .get(ETH_HLEN + 16..ETH_HLEN + 20)
+            .map(|d| Ipv4Addr::new(d[0], d[1], d[2], d[3]));
         let mut inner = self.inner.borrow_mut();
         let now = inner.now;
         let mac = match dst {
@@ -271,18 +414,18 @@ impl phy::TxToken for XskTxToken<'_> {
         match mac {
             Ok(mac) => {
                 let our = inner.our_mac;
-                if let Some(buf) = xsk_sys::frame_mut(self.umem, &mut desc, total) {
-                    buf[0..6].copy_from_slice(&mac);
-                    buf[6..12].copy_from_slice(&our);
-                    buf[12..14].copy_from_slice(&ETHERTYPE_IPV4);
-                }
+                buf[0..6].copy_from_slice(&mac);
+                buf[6..12].copy_from_slice(&our);
+                buf[12..14].copy_from_slice(&ETHERTYPE_IPV4);
                 inner.counters.tx_packets += 1;
                 inner.counters.tx_bytes += total as u64;
+                inner.account_tx(&buf[ETH_HLEN..]);
+                inner.capture(buf);
                 inner.xsk.queue_tx(desc);
             }
             Err(miss) => {
                 match miss {
-                    Some(crate::l2::L2Miss::NoRoute) => inner.counters.tx_no_route += 1,
+                    Some(L2Miss::NoRoute) => inner.counters.tx_no_route += 1,
                     _ => inner.counters.tx_no_neighbour += 1,
                 }
                 inner.xsk.cancel_tx(desc);

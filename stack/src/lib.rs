@@ -18,9 +18,12 @@
 #![deny(unsafe_code)]
 
 mod accept;
+mod capture;
 mod config;
+pub mod control;
 mod device;
 mod error;
+mod events;
 mod l2;
 mod ports;
 mod shard;
@@ -28,14 +31,17 @@ mod stats;
 mod sys;
 mod tcp;
 mod udp;
+mod wire;
 pub mod xsk;
 
+pub use capture::{CaptureSpec, CaptureStatus};
 pub use config::{BindMode, Config};
 pub use device::DeviceCounters;
 pub use error::StackError;
+pub use events::ConnEvent;
 pub use shard::{RuntimeCounters, Stack, StackBuilder};
 pub use smoltcp::socket::tcp::State as TcpState;
-pub use stats::{StackStats, TcpStateCounts};
+pub use stats::{MemoryStats, StackStats, TcpStateCounts};
 pub use sys::xsk::KernelXskStats;
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;

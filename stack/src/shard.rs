@@ -24,12 +24,16 @@ use steer_bpf::Steering;
 
 use crate::{
     accept::AcceptQueue,
+    capture::{Capture, CaptureSpec},
     config::Config,
-    device::{DeviceCounters, XskDevice},
+    control::ControlServer,
+    device::UdpRoom,
+    device::XskDevice,
     error::StackError,
+    events::{ConnHook, StateTracker},
     l2::{KernelNeighbours, L2Timing, L2},
     ports::PortClaim,
-    stats::{StackStats, TcpStateCounts},
+    stats::{MemoryStats, StackStats, TcpStateCounts},
     sys::{self, wake::Waker as FdWaker, xsk::Xsk},
     xsk::FrameCounts,
 };
@@ -81,18 +85,28 @@ impl Conn {
 
 /// A bound UDP socket.
 pub(crate) struct UdpBinding {
+    /// Datagrams in its receive buffer (admitted by the device, not yet read): smoltcp does not
+    /// say, and the device needs it to drop, and count, what the buffer would not hold.
+    pub queued: usize,
     pub _claim: PortClaim,
 }
 
 /// Counters of the runtime (the device keeps the per-packet ones).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct RuntimeCounters {
+    #[serde(rename = "TcpPassiveOpens")]
     pub passive_opens: u64,
+    #[serde(rename = "TcpActiveOpens")]
     pub active_opens: u64,
+    #[serde(rename = "TcpAttemptFails")]
     pub attempt_fails: u64,
+    #[serde(rename = "TcpEstabResets")]
+    pub estab_resets: u64,
     pub idle_timeouts: u64,
     pub handshake_timeouts: u64,
+    /// SYNs refused because the accept queue was full.
     pub backlog_full: u64,
+    /// SYNs refused because the shard was at its connection limit.
     pub conn_limit: u64,
     pub polls: u64,
 }
@@ -110,6 +124,8 @@ pub(crate) struct Core {
     pub udp: HashMap<SocketHandle, UdpBinding>,
     pub steering: Arc<Steering>,
     pub counters: RuntimeCounters,
+    pub states: StateTracker,
+    pub hook: Option<ConnHook>,
     next_ephemeral: u16,
     last_maintenance: Instant,
 }
@@ -263,6 +279,8 @@ impl Core {
             udp: HashMap::new(),
             steering: Arc::new(steering),
             counters: RuntimeCounters::default(),
+            states: StateTracker::default(),
+            hook: None,
             last_maintenance: start,
         })
     }
@@ -300,6 +318,7 @@ impl Core {
     fn poll(&mut self, now: Instant) -> bool {
         self.counters.polls += 1;
         self.arm_listeners();
+        self.publish_udp_room();
         let inner = self.dev.inner.get_mut();
         inner.now = now;
         inner.l2.tick(now);
@@ -319,7 +338,11 @@ impl Core {
                 self.counters.backlog_full += refused;
             }
         }
+        self.collect_udp_room();
         let moved = self.track_listeners(now);
+        if changed || moved {
+            self.scan_states();
+        }
         if now.duration_since(self.last_maintenance) >= Duration::from_millis(10) {
             self.last_maintenance = now;
             self.expire(now);
@@ -332,6 +355,41 @@ impl Core {
 
     /// Keeps each listener's armed sockets topped up, within its backlog and the shard's
     /// connection limit; publishes the armed counts to the device for SYN accounting.
+    /// Reports state changes to the hook and the logs, and counts resets.
+    fn scan_states(&mut self) {
+        let hook = self.hook.clone();
+        let r = self.states.scan(&self.sockets, |e| {
+            tracing::debug!(local = %e.local, remote = %e.remote, from = ?e.from, to = ?e.to, "tcp state");
+            if let Some(h) = &hook {
+                h(&e);
+            }
+        });
+        self.counters.estab_resets += r.estab_resets;
+    }
+
+    /// Tells the device how much each bound UDP socket can still take this batch.
+    fn publish_udp_room(&mut self) {
+        for (&h, b) in &self.udp {
+            let s = self.sockets.get::<udp::Socket>(h);
+            let room = UdpRoom {
+                packets: s.packet_recv_capacity().saturating_sub(b.queued),
+                bytes: s.payload_recv_capacity().saturating_sub(s.recv_queue()),
+            };
+            self.dev.udp_room.insert(s.endpoint().port, room);
+        }
+    }
+
+    /// Adds what the device admitted this batch to each UDP socket's queue.
+    fn collect_udp_room(&mut self) {
+        for (&h, b) in self.udp.iter_mut() {
+            let s = self.sockets.get::<udp::Socket>(h);
+            let before = s.packet_recv_capacity().saturating_sub(b.queued);
+            if let Some(after) = self.dev.udp_room.get(&s.endpoint().port) {
+                b.queued += before.saturating_sub(after.packets);
+            }
+        }
+    }
+
     fn arm_listeners(&mut self) {
         let open = self.open_connections();
         let mut room = self.cfg.max_connections.saturating_sub(open);
@@ -404,6 +462,20 @@ impl Core {
             self.conns.remove(&h);
             self.sockets.remove(h);
         }
+        // Sequence tracking for retransmission counting: drop flows that are gone.
+        let inner = self.dev.inner.get_mut();
+        if inner.tracked_flows() > 2 * self.conns.len() + 64 {
+            let mut live = std::collections::HashSet::new();
+            for (_, s) in self.sockets.iter() {
+                if let smoltcp::socket::Socket::Tcp(t) = s {
+                    if let (Some(l), Some(r)) = (t.local_endpoint(), t.remote_endpoint()) {
+                        let smoltcp::wire::IpAddress::Ipv4(a) = r.addr;
+                        live.insert((l.port, a.octets(), r.port));
+                    }
+                }
+            }
+            inner.retain_flows(|k| live.contains(k));
+        }
     }
 
     /// Picks the next free ephemeral port (round robin).
@@ -432,24 +504,58 @@ impl Core {
 
     pub fn stats(&mut self) -> StackStats {
         let mut states = TcpStateCounts::default();
+        let (mut tcp_sockets, mut udp_sockets) = (0u64, 0u64);
         for (_, s) in self.sockets.iter() {
-            if let smoltcp::socket::Socket::Tcp(t) = s {
-                states.count(t.state());
+            match s {
+                smoltcp::socket::Socket::Tcp(t) => {
+                    states.count(t.state());
+                    tcp_sockets += 1;
+                }
+                smoltcp::socket::Socket::Udp(_) => udp_sockets += 1,
             }
         }
+        let connections = self.open_connections();
         let inner = self.dev.inner.get_mut();
-        let dev: DeviceCounters = inner.counters;
+        let capture = match (&inner.capture, &inner.last_capture) {
+            (Some(c), _) => c.status(),
+            (None, Some((spec, progress))) => crate::capture::status_of(spec, progress, false),
+            (None, None) => Default::default(),
+        };
+        let cfg = &self.cfg;
         StackStats {
-            device: dev,
+            iface: cfg.iface.clone(),
+            queue: cfg.queue,
+            pid: std::process::id(),
+            device: inner.counters,
             runtime: self.counters,
             frames: inner.xsk.frames(),
             frames_total: inner.xsk.ledger().total(),
             kernel: inner.xsk.kernel_stats(),
             tx_ring_full: inner.xsk.tx_ring_full,
-            neighbour_misses: inner.l2.no_neighbour,
+            curr_estab: states.established + states.close_wait,
             tcp_states: states,
-            connections: self.open_connections(),
+            connections,
+            memory: MemoryStats {
+                umem_bytes: cfg.frames as u64 * cfg.frame_size as u64,
+                socket_buffer_bytes: tcp_sockets * (cfg.tcp_rx_buffer + cfg.tcp_tx_buffer) as u64
+                    + udp_sockets * 2 * cfg.udp_buffer as u64,
+            },
+            capture,
         }
+    }
+
+    /// Starts writing received and sent frames to a pcap file (replacing a running capture).
+    pub fn start_capture(&mut self, spec: CaptureSpec) -> Result<(), StackError> {
+        let c = Capture::start(spec)?;
+        let inner = self.dev.inner.get_mut();
+        inner.last_capture = Some((c.spec.clone(), c.progress.clone()));
+        inner.capture = Some(c);
+        Ok(())
+    }
+
+    /// Stops the running capture; the writer flushes and closes the file.
+    pub fn stop_capture(&mut self) -> bool {
+        self.dev.inner.get_mut().capture.take().is_some()
     }
 }
 
@@ -486,9 +592,21 @@ fn run(shared: Arc<Shared>, xsk_fd: i32, busy: bool) {
 }
 
 /// Builds a [`Stack`]: one shard on one queue of one interface.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StackBuilder {
     cfg: Config,
+    hook: Option<ConnHook>,
+    pcap: Option<CaptureSpec>,
+    control: Option<Option<std::path::PathBuf>>,
+}
+
+impl std::fmt::Debug for StackBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackBuilder")
+            .field("cfg", &self.cfg)
+            .field("pcap", &self.pcap)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StackBuilder {
@@ -497,7 +615,30 @@ impl StackBuilder {
     pub fn new(iface: &str, queue: u32) -> Self {
         Self {
             cfg: Config::new(iface, queue),
+            hook: None,
+            pcap: None,
+            control: None,
         }
+    }
+    /// Calls `hook` on the shard thread for every observed TCP state change. It must be quick
+    /// and must not call back into the stack.
+    pub fn on_conn_state(
+        mut self,
+        hook: impl Fn(&crate::ConnEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.hook = Some(std::sync::Arc::new(hook));
+        self
+    }
+    /// Captures received and sent frames to a pcap file from the start.
+    pub fn pcap(mut self, spec: CaptureSpec) -> Self {
+        self.pcap = Some(spec);
+        self
+    }
+    /// Where the control socket goes (`None`: no control socket). Default:
+    /// `/run/xsk-stack/IFACE-qQUEUE.sock` (`XSK_STACK_RUN_DIR` moves the directory).
+    pub fn control_socket(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.control = Some(path);
+        self
     }
     pub fn pin_root(mut self, p: impl Into<std::path::PathBuf>) -> Self {
         self.cfg.pin_root = Some(p.into());
@@ -582,7 +723,15 @@ impl StackBuilder {
     pub fn start(self) -> Result<Stack, StackError> {
         let busy = self.cfg.busy_poll;
         let cpu = self.cfg.cpu;
-        let core = Core::open(self.cfg)?;
+        let control_path = match self.control {
+            Some(p) => p,
+            None => Some(crate::control::socket_path(&self.cfg.iface, self.cfg.queue)),
+        };
+        let mut core = Core::open(self.cfg)?;
+        core.hook = self.hook;
+        if let Some(spec) = self.pcap {
+            core.start_capture(spec)?;
+        }
         let xsk_fd = core.dev.inner.borrow().xsk.fd();
         let shared = Arc::new(Shared {
             core: Mutex::new(Some(core)),
@@ -590,6 +739,10 @@ impl StackBuilder {
             stop: AtomicBool::new(false),
             failure: Mutex::new(None),
         });
+        let control = match control_path {
+            Some(p) => Some(ControlServer::start(p, Arc::downgrade(&shared))?),
+            None => None,
+        };
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
             .name("xsk-shard".into())
@@ -615,6 +768,7 @@ impl StackBuilder {
         Ok(Stack {
             shared,
             thread: Some(thread),
+            control,
         })
     }
 }
@@ -624,6 +778,7 @@ impl StackBuilder {
 pub struct Stack {
     pub(crate) shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    control: Option<ControlServer>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -659,6 +814,28 @@ impl Stack {
         })
     }
 
+    /// Starts capturing frames to a pcap file (replacing a running capture).
+    pub fn start_capture(&self, spec: CaptureSpec) -> Result<(), StackError> {
+        self.shared
+            .lock()
+            .as_mut()
+            .ok_or(StackError::Stopped)?
+            .start_capture(spec)
+    }
+
+    /// Stops the running capture (the file is flushed and closed); false if none was running.
+    pub fn stop_capture(&self) -> bool {
+        self.shared
+            .lock()
+            .as_mut()
+            .is_some_and(|c| c.stop_capture())
+    }
+
+    /// Where the control socket is, if there is one.
+    pub fn control_socket(&self) -> Option<std::path::PathBuf> {
+        self.control.as_ref().map(|c| c.path().to_path_buf())
+    }
+
     /// Why the shard thread stopped on its own, if it did.
     pub fn failure(&self) -> Option<String> {
         self.shared
@@ -674,6 +851,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        drop(self.control.take());
         // Let FINs for closed sockets go out: a few polls, bounded.
         if let Some(core) = self.shared.lock().as_mut() {
             for (_, s) in core.sockets.iter_mut() {

@@ -1,12 +1,16 @@
-//! A snapshot of a shard's counters.
+//! A snapshot of a shard's counters, as a struct, as JSON (serde) and as Prometheus text.
+use std::fmt::Write as _;
+
+use serde::Serialize;
 use smoltcp::socket::tcp::State;
 
 use crate::{
-    device::DeviceCounters, shard::RuntimeCounters, sys::xsk::KernelXskStats, xsk::FrameCounts,
+    capture::CaptureStatus, device::DeviceCounters, shard::RuntimeCounters,
+    sys::xsk::KernelXskStats, xsk::FrameCounts,
 };
 
 /// TCP sockets per state (armed listening sockets count as `listen`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TcpStateCounts {
     pub listen: u32,
     pub syn_sent: u32,
@@ -34,11 +38,37 @@ impl TcpStateCounts {
         };
         *slot += 1;
     }
+
+    fn fields(&self) -> [(&'static str, u32); 9] {
+        [
+            ("listen", self.listen),
+            ("syn_sent", self.syn_sent),
+            ("syn_received", self.syn_received),
+            ("established", self.established),
+            ("fin_wait", self.fin_wait),
+            ("close_wait", self.close_wait),
+            ("closing", self.closing),
+            ("time_wait", self.time_wait),
+            ("closed", self.closed),
+        ]
+    }
+}
+
+/// Memory the shard holds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MemoryStats {
+    /// The UMEM (pinned, so RSS counts it whether or not it is in use).
+    pub umem_bytes: u64,
+    /// Socket buffers allocated (TCP receive + send, UDP receive + send).
+    pub socket_buffer_bytes: u64,
 }
 
 /// Everything a shard counts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StackStats {
+    pub iface: String,
+    pub queue: u32,
+    pub pid: u32,
     pub device: DeviceCounters,
     pub runtime: RuntimeCounters,
     /// UMEM frames by owner, and the UMEM size in frames.
@@ -47,8 +77,317 @@ pub struct StackStats {
     /// The kernel's XDP_STATISTICS for the socket.
     pub kernel: KernelXskStats,
     pub tx_ring_full: u64,
-    pub neighbour_misses: u64,
     pub tcp_states: TcpStateCounts,
+    /// Established or close-wait (nstat's CurrEstab).
+    #[serde(rename = "TcpCurrEstab")]
+    pub curr_estab: u32,
     /// Open TCP connections (handshaking, queued for accept, or accepted).
     pub connections: usize,
+    pub memory: MemoryStats,
+    pub capture: CaptureStatus,
+}
+
+/// One metric of the Prometheus exposition.
+struct Metric {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    value: u64,
+}
+
+impl StackStats {
+    fn metrics(&self) -> Vec<Metric> {
+        let d = &self.device;
+        let r = &self.runtime;
+        let k = &self.kernel;
+        let c = |name, help, value| Metric {
+            name,
+            help,
+            kind: "counter",
+            value,
+        };
+        let g = |name, help, value| Metric {
+            name,
+            help,
+            kind: "gauge",
+            value,
+        };
+        vec![
+            c(
+                "xsk_rx_packets_total",
+                "Frames received from the AF_XDP socket.",
+                d.rx_packets,
+            ),
+            c(
+                "xsk_rx_bytes_total",
+                "Bytes received from the AF_XDP socket.",
+                d.rx_bytes,
+            ),
+            c(
+                "xsk_tx_packets_total",
+                "Frames sent through the AF_XDP socket.",
+                d.tx_packets,
+            ),
+            c(
+                "xsk_tx_bytes_total",
+                "Bytes sent through the AF_XDP socket.",
+                d.tx_bytes,
+            ),
+            c(
+                "xsk_rx_drop_not_ipv4_total",
+                "Received frames dropped: not IPv4 over Ethernet.",
+                d.rx_not_ipv4,
+            ),
+            c(
+                "xsk_rx_drop_malformed_total",
+                "Received packets dropped: malformed headers.",
+                d.rx_malformed,
+            ),
+            c(
+                "xsk_rx_drop_bad_checksum_total",
+                "Received packets dropped: bad IPv4/TCP/UDP checksum.",
+                d.rx_bad_checksum,
+            ),
+            c(
+                "xsk_rx_drop_fragment_total",
+                "Received packets dropped: IPv4 fragments.",
+                d.rx_fragments,
+            ),
+            c(
+                "xsk_tx_drop_no_frame_total",
+                "Packets not sent: no free UMEM frame.",
+                d.tx_no_frame,
+            ),
+            c(
+                "xsk_tx_drop_no_neighbour_total",
+                "Packets not sent: next hop not resolved yet.",
+                d.tx_no_neighbour,
+            ),
+            c(
+                "xsk_tx_drop_no_route_total",
+                "Packets not sent: no route out of this interface.",
+                d.tx_no_route,
+            ),
+            c(
+                "xsk_tx_ring_full_total",
+                "Packets not sent: tx ring full.",
+                self.tx_ring_full,
+            ),
+            c(
+                "xsk_kernel_rx_dropped_total",
+                "XDP_STATISTICS rx_dropped.",
+                k.rx_dropped,
+            ),
+            c(
+                "xsk_kernel_rx_ring_full_total",
+                "XDP_STATISTICS rx_ring_full.",
+                k.rx_ring_full,
+            ),
+            c(
+                "xsk_kernel_rx_fill_ring_empty_total",
+                "XDP_STATISTICS rx_fill_ring_empty_descs.",
+                k.rx_fill_ring_empty,
+            ),
+            c(
+                "xsk_kernel_rx_invalid_descs_total",
+                "XDP_STATISTICS rx_invalid_descs.",
+                k.rx_invalid_descs,
+            ),
+            c(
+                "xsk_kernel_tx_invalid_descs_total",
+                "XDP_STATISTICS tx_invalid_descs.",
+                k.tx_invalid_descs,
+            ),
+            c(
+                "xsk_tcp_in_segs_total",
+                "TCP segments received (nstat TcpInSegs).",
+                d.tcp_in_segs,
+            ),
+            c(
+                "xsk_tcp_out_segs_total",
+                "TCP segments sent (nstat TcpOutSegs).",
+                d.tcp_out_segs,
+            ),
+            c(
+                "xsk_tcp_retrans_segs_total",
+                "TCP segments retransmitted (nstat TcpRetransSegs).",
+                d.tcp_retrans_segs,
+            ),
+            c(
+                "xsk_tcp_out_rsts_total",
+                "TCP resets sent (nstat TcpOutRsts).",
+                d.tcp_out_rsts,
+            ),
+            c(
+                "xsk_tcp_in_errs_total",
+                "TCP segments received with errors (nstat TcpInErrs).",
+                d.tcp_in_errs,
+            ),
+            c(
+                "xsk_tcp_active_opens_total",
+                "Outgoing connections started (nstat TcpActiveOpens).",
+                r.active_opens,
+            ),
+            c(
+                "xsk_tcp_passive_opens_total",
+                "Incoming connections established (nstat TcpPassiveOpens).",
+                r.passive_opens,
+            ),
+            c(
+                "xsk_tcp_attempt_fails_total",
+                "Outgoing connections that failed (nstat TcpAttemptFails).",
+                r.attempt_fails,
+            ),
+            c(
+                "xsk_tcp_estab_resets_total",
+                "Established connections reset (nstat TcpEstabResets).",
+                r.estab_resets,
+            ),
+            c(
+                "xsk_tcp_backlog_full_total",
+                "SYNs refused: accept queue full.",
+                r.backlog_full,
+            ),
+            c(
+                "xsk_tcp_conn_limit_total",
+                "SYNs refused: connection limit reached.",
+                r.conn_limit,
+            ),
+            c(
+                "xsk_tcp_idle_timeouts_total",
+                "Connections reset for idleness.",
+                r.idle_timeouts,
+            ),
+            c(
+                "xsk_tcp_handshake_timeouts_total",
+                "Handshakes aborted for slowness.",
+                r.handshake_timeouts,
+            ),
+            c(
+                "xsk_udp_in_datagrams_total",
+                "UDP datagrams delivered (nstat UdpInDatagrams).",
+                d.udp_in_datagrams,
+            ),
+            c(
+                "xsk_udp_out_datagrams_total",
+                "UDP datagrams sent (nstat UdpOutDatagrams).",
+                d.udp_out_datagrams,
+            ),
+            c(
+                "xsk_udp_no_ports_total",
+                "UDP datagrams to unbound ports (nstat UdpNoPorts).",
+                d.udp_no_ports,
+            ),
+            c(
+                "xsk_udp_in_errors_total",
+                "UDP datagrams received with errors (nstat UdpInErrors).",
+                d.udp_in_errors,
+            ),
+            c(
+                "xsk_udp_rcvbuf_errors_total",
+                "UDP datagrams dropped: receive buffer full (nstat UdpRcvbufErrors).",
+                d.udp_rcvbuf_errors,
+            ),
+            g(
+                "xsk_tcp_curr_estab",
+                "TCP connections established or in close-wait (nstat TcpCurrEstab).",
+                self.curr_estab as u64,
+            ),
+            g(
+                "xsk_tcp_connections",
+                "Open TCP connections, including those waiting for accept().",
+                self.connections as u64,
+            ),
+            g(
+                "xsk_umem_bytes",
+                "UMEM size in bytes (pinned memory).",
+                self.memory.umem_bytes,
+            ),
+            g(
+                "xsk_socket_buffer_bytes",
+                "Socket buffer memory in bytes.",
+                self.memory.socket_buffer_bytes,
+            ),
+            c(
+                "xsk_capture_written_total",
+                "Frames written to the capture file.",
+                self.capture.written,
+            ),
+            c(
+                "xsk_capture_dropped_total",
+                "Frames the capture dropped (writer behind).",
+                self.capture.dropped,
+            ),
+        ]
+    }
+
+    /// Prometheus text exposition (format 0.0.4), labelled with the interface and queue.
+    pub fn to_prometheus(&self) -> String {
+        let labels = format!("iface=\"{}\",queue=\"{}\"", escape(&self.iface), self.queue);
+        let mut out = String::with_capacity(8192);
+        for m in self.metrics() {
+            let _ = writeln!(
+                out,
+                "# HELP {} {}\n# TYPE {} {}\n{}{{{labels}}} {}",
+                m.name, m.help, m.name, m.kind, m.name, m.value
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP xsk_tcp_sockets TCP sockets by state.\n# TYPE xsk_tcp_sockets gauge"
+        );
+        for (state, n) in self.tcp_states.fields() {
+            let _ = writeln!(out, "xsk_tcp_sockets{{{labels},state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP xsk_umem_frames UMEM frames by owner.\n# TYPE xsk_umem_frames gauge"
+        );
+        let f = &self.frames;
+        for (owner, n) in [
+            ("free", f.free),
+            ("kernel", f.kernel),
+            ("stack", f.stack),
+            ("tx", f.tx),
+        ] {
+            let _ = writeln!(out, "xsk_umem_frames{{{labels},owner=\"{owner}\"}} {n}");
+        }
+        out
+    }
+
+    /// `name value` lines like nstat/ethtool -S, for `xdp-loader stats`.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        for m in self.metrics() {
+            if m.value != 0 || m.kind == "gauge" {
+                let _ = writeln!(
+                    out,
+                    "  {:<40} {:>14}",
+                    m.name.trim_start_matches("xsk_").trim_end_matches("_total"),
+                    m.value
+                );
+            }
+        }
+        let states: Vec<String> = self
+            .tcp_states
+            .fields()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect();
+        let _ = writeln!(out, "  {:<40} {}", "tcp_states", states.join(" "));
+        let f = &self.frames;
+        let _ = writeln!(
+            out,
+            "  {:<40} free={} kernel={} stack={} tx={} (of {})",
+            "umem_frames", f.free, f.kernel, f.stack, f.tx, self.frames_total
+        );
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

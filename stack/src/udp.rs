@@ -51,7 +51,13 @@ impl Stack {
         })
         .map_err(|e| StackError::Config(format!("bind: {e}")))?;
         let handle = core.sockets.add(s);
-        core.udp.insert(handle, UdpBinding { _claim: claim });
+        core.udp.insert(
+            handle,
+            UdpBinding {
+                queued: 0,
+                _claim: claim,
+            },
+        );
         drop(g);
         self.shared.waker.wake();
         Ok(UdpSocket {
@@ -137,10 +143,11 @@ impl UdpSocket {
                         let n = data.len().min(buf.len());
                         buf[..n].copy_from_slice(&data[..n]);
                         let IpAddress::Ipv4(a) = meta.endpoint.addr;
-                        Some(Ok((
-                            n,
-                            SocketAddr::V4(SocketAddrV4::new(a, meta.endpoint.port)),
-                        )))
+                        let from = SocketAddr::V4(SocketAddrV4::new(a, meta.endpoint.port));
+                        if let Some(b) = core.udp.get_mut(&h) {
+                            b.queued = b.queued.saturating_sub(1);
+                        }
+                        Some(Ok((n, from)))
                     }
                     Err(_) => {
                         s.register_recv_waker(w);

@@ -30,7 +30,7 @@ pub struct XskConfig {
 }
 
 /// Kernel-side drop counters of the socket (`XDP_STATISTICS`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelXskStats {
     pub rx_dropped: u64,
     pub rx_invalid_descs: u64,

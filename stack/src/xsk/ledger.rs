@@ -15,7 +15,7 @@ pub enum Owner {
 }
 
 /// Frame counts per owner.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FrameCounts {
     pub free: u32,
     pub kernel: u32,
