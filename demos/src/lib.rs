@@ -1,6 +1,7 @@
 //! What the demo services share: the common flags, startup with a helpful error, logging, and a
 //! bounded run time.
 pub mod http;
+pub mod metrics;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -34,9 +35,18 @@ pub struct Common {
     /// Pin the stack's thread to this CPU.
     #[arg(long)]
     pub cpu: Option<usize>,
-    /// Exit after this many seconds (0: run until killed).
+    /// Exit after this many seconds (0: run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0)]
     pub duration: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a kernel socket, e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Capture received and sent frames to this pcap file from the start.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+    /// With --pcap: stop capturing after N frames.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub pcap_count: u64,
 }
 
 /// Sets up `RUST_LOG`-filtered logging to stderr.
@@ -57,13 +67,31 @@ impl Common {
             return Err(ExitCode::from(2));
         }
         let idle = (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout));
-        let r = Stack::builder(&self.iface, self.queue)
+        let mut b = Stack::builder(&self.iface, self.queue);
+        if let Some(p) = &self.pcap {
+            let path = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            let mut spec = xsk_stack::CaptureSpec::new(path);
+            spec.count = self.pcap_count.max(1);
+            b = b.pcap(spec);
+        }
+        let metrics = match self.metrics.map(std::net::TcpListener::bind).transpose() {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("{name}: error: --metrics: {e}");
+                return Err(ExitCode::FAILURE);
+            }
+        };
+        let r = b
             .max_connections(self.max_connections)
             .backlog(self.backlog)
             .idle_timeout(idle)
             .busy_poll(self.busy_poll)
             .cpu(self.cpu)
             .start();
+        if let (Ok(stack), Some(listener)) = (&r, metrics) {
+            let source = stack.stats_source();
+            std::thread::spawn(move || metrics::serve(listener, source));
+        }
         r.map_err(|e| {
             eprintln!("{name}: error: {e}");
             if matches!(e, StackError::Steering(_) | StackError::WrongQueue { .. }) {

@@ -3,7 +3,7 @@
 //! thread does the file I/O. When the channel is full the frame is dropped and counted: capture
 //! never stalls the shard.
 use std::{
-    io::BufWriter,
+    io::{BufWriter, Write},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -79,6 +79,27 @@ pub struct CaptureStatus {
     pub error: Option<String>,
 }
 
+/// The buffered file, shared so the writer thread can flush it while PcapWriter owns it.
+#[derive(Clone)]
+struct SharedFile(Arc<Mutex<BufWriter<std::fs::File>>>);
+
+impl SharedFile {
+    fn flush_now(&self) -> std::io::Result<()> {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f.flush()?;
+        f.get_ref().sync_data()
+    }
+}
+
+impl Write for SharedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
 struct Record {
     ts: Duration,
     orig_len: u32,
@@ -122,7 +143,9 @@ impl Capture {
             datalink: DataLink::ETHERNET,
             ..Default::default()
         };
-        let mut writer = PcapWriter::with_header(BufWriter::new(file), header)
+        let out = SharedFile(Arc::new(Mutex::new(BufWriter::new(file))));
+        let flusher = out.clone();
+        let mut writer = PcapWriter::with_header(out, header)
             .map_err(|e| StackError::Config(format!("pcap header: {e}")))?;
         let (tx, rx) = mpsc::sync_channel::<Record>(QUEUE);
         let progress = Arc::new(CaptureProgress::default());
@@ -132,7 +155,17 @@ impl Capture {
             .name("xsk-capture".into())
             .spawn(move || {
                 let mut bytes = 24u64;
-                for r in rx {
+                loop {
+                    // Flush whenever the shard goes quiet, so the file can be read while the
+                    // capture runs.
+                    let r = match rx.recv_timeout(Duration::from_millis(100)) {
+                        Ok(r) => r,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let _ = flusher.flush_now();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     bytes += 16 + r.data.len() as u64;
                     if bytes > max_bytes {
                         break;
@@ -144,7 +177,8 @@ impl Capture {
                     }
                     p2.written.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Err(e) = writer.into_writer().into_inner().map(|f| f.sync_all()) {
+                drop(writer);
+                if let Err(e) = flusher.flush_now() {
                     *p2.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 }
                 p2.done.store(true, Ordering::Release);

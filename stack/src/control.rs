@@ -173,7 +173,10 @@ fn handle(req: &Value, shared: &Shared) -> Value {
         return json!({"ok": false, "error": "the stack has stopped"});
     };
     match req.get("cmd").and_then(Value::as_str) {
-        Some("stats") => json!({"ok": true, "stats": core.stats()}),
+        Some("stats") => {
+            let st = core.stats();
+            json!({"ok": true, "table": st.to_table(), "stats": st})
+        }
         Some("prometheus") => json!({"ok": true, "text": core.stats().to_prometheus()}),
         Some("capture") => {
             let Some(path) = req.get("path").and_then(Value::as_str) else {

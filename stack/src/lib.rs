@@ -39,7 +39,7 @@ pub use config::{BindMode, Config};
 pub use device::DeviceCounters;
 pub use error::StackError;
 pub use events::ConnEvent;
-pub use shard::{RuntimeCounters, Stack, StackBuilder};
+pub use shard::{RuntimeCounters, Stack, StackBuilder, StatsSource};
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use stats::{MemoryStats, StackStats, TcpStateCounts};
 pub use sys::xsk::KernelXskStats;

@@ -88,6 +88,8 @@ pub(crate) struct UdpBinding {
     /// Datagrams in its receive buffer (admitted by the device, not yet read): smoltcp does not
     /// say, and the device needs it to drop, and count, what the buffer would not hold.
     pub queued: usize,
+    /// The application dropped the socket while datagrams were still waiting to be sent.
+    pub closed_at: Option<Instant>,
     pub _claim: PortClaim,
 }
 
@@ -462,6 +464,21 @@ impl Core {
             self.conns.remove(&h);
             self.sockets.remove(h);
         }
+        let drained: Vec<SocketHandle> = self
+            .udp
+            .iter()
+            .filter(|(h, b)| {
+                b.closed_at.is_some_and(|t| {
+                    now.duration_since(t) >= Duration::from_secs(1)
+                        || self.sockets.get::<udp::Socket>(**h).send_queue() == 0
+                })
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        for h in drained {
+            self.udp.remove(&h);
+            self.sockets.remove(h);
+        }
         // Sequence tracking for retransmission counting: drop flows that are gone.
         let inner = self.dev.inner.get_mut();
         if inner.tracked_flows() > 2 * self.conns.len() + 64 {
@@ -773,6 +790,19 @@ impl StackBuilder {
     }
 }
 
+/// Reads a stack's counters from any thread (e.g. a metrics endpoint).
+#[derive(Clone)]
+pub struct StatsSource {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl StatsSource {
+    /// The counters, or `None` once the stack has stopped.
+    pub fn stats(&self) -> Option<StackStats> {
+        self.shared.upgrade()?.lock().as_mut().map(|c| c.stats())
+    }
+}
+
 /// A running shard. Dropping it stops the thread, closes every socket, removes the steering
 /// rules the stack added and closes the XSK (the kernel then takes the flows back).
 pub struct Stack {
@@ -812,6 +842,13 @@ impl Stack {
             let x = &c.dev.inner.get_mut().xsk;
             (x.frames(), x.ledger().total())
         })
+    }
+
+    /// A handle other threads can read counters through without keeping the stack alive.
+    pub fn stats_source(&self) -> StatsSource {
+        StatsSource {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// Starts capturing frames to a pcap file (replacing a running capture).

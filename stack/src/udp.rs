@@ -55,6 +55,7 @@ impl Stack {
             handle,
             UdpBinding {
                 queued: 0,
+                closed_at: None,
                 _claim: claim,
             },
         );
@@ -160,10 +161,20 @@ impl UdpSocket {
 }
 
 impl Drop for UdpSocket {
+    /// Datagrams already accepted by `send_to` still go out: a socket with a non-empty send
+    /// buffer is freed by the shard once it has drained (or after a second).
     fn drop(&mut self) {
         if let Some(core) = self.shared.lock().as_mut() {
-            core.udp.remove(&self.handle);
-            core.sockets.remove(self.handle);
+            let pending = core.sockets.get::<udp::Socket>(self.handle).send_queue() > 0;
+            if pending {
+                if let Some(b) = core.udp.get_mut(&self.handle) {
+                    b.closed_at = Some(Instant::now());
+                }
+            } else {
+                core.udp.remove(&self.handle);
+                core.sockets.remove(self.handle);
+            }
         }
+        self.shared.waker.wake();
     }
 }

@@ -18,6 +18,7 @@ use steer_bpf::{
         xdp-loader attach eth0 --queue 3 --tcp 8080 --udp 9000\n  \
         xdp-loader status eth0\n  \
         xdp-loader stats eth0 --interval 1 --count 5\n  \
+        xdp-loader capture eth0 --queue 3 -w /tmp/q3.pcap --count 100\n  \
         xdp-loader rule add eth0 --tcp 8081\n  \
         xdp-loader detach eth0"
 )]
@@ -50,7 +51,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Per-queue counters of the program (with --interval: rates per second).
+    /// Per-queue counters of the program, then the counters of each service running on the
+    /// interface (from its control socket), like ethtool -S / nstat. With --interval: the
+    /// program's rates per second.
     Stats {
         iface: String,
         /// Print rates every SECS seconds instead of totals once.
@@ -64,6 +67,30 @@ enum Cmd {
         all: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Capture what a running service on IFACE/--queue receives and sends to a pcap file
+    /// (through the service's control socket; the service writes the file).
+    Capture {
+        iface: String,
+        #[arg(long, short)]
+        queue: u32,
+        /// The pcap file to write (created root-only; readable by tcpdump -r / tshark -r).
+        #[arg(
+            short = 'w',
+            long = "write",
+            value_name = "FILE",
+            required_unless_present = "stop"
+        )]
+        file: Option<PathBuf>,
+        /// Stop after N frames.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        count: u64,
+        /// Bytes kept of each frame.
+        #[arg(long, default_value_t = 262144, value_parser = clap::value_parser!(u32).range(64..))]
+        snaplen: u32,
+        /// Stop the running capture instead.
+        #[arg(long, conflicts_with = "file")]
+        stop: bool,
     },
     /// Add or delete a steering rule while attached.
     Rule {
@@ -321,6 +348,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             all,
             json,
         } => stats(&iface, root, interval, count, all, json),
+        Cmd::Capture {
+            iface,
+            queue,
+            file,
+            count,
+            snaplen,
+            stop,
+        } => capture(&iface, queue, file, count, snaplen, stop),
         Cmd::Rule { op } => {
             let (add, a) = match op {
                 RuleOp::Add(a) => (true, a),
@@ -353,6 +388,67 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+fn capture(
+    iface: &str,
+    queue: u32,
+    file: Option<PathBuf>,
+    count: u64,
+    snaplen: u32,
+    stop: bool,
+) -> Result<(), CliError> {
+    let sock = xsk_stack::control::socket_path(iface, queue);
+    if !sock.exists() {
+        return Err(CliError::Usage(format!(
+            "no service runs on {iface} queue {queue} (no control socket at {})",
+            sock.display()
+        )));
+    }
+    let req = if stop {
+        serde_json::json!({"cmd": "capture_stop"})
+    } else {
+        let file = file.ok_or_else(|| CliError::Usage("-w FILE is required".into()))?;
+        let path = std::path::absolute(&file)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+        serde_json::json!({"cmd": "capture", "path": path, "count": count, "snaplen": snaplen})
+    };
+    let reply = xsk_stack::control::request(&sock, &req)
+        .map_err(|e| CliError::Usage(format!("asking the service at {}: {e}", sock.display())))?;
+    if reply["ok"] != true {
+        return Err(CliError::Usage(format!(
+            "the service refused: {}",
+            reply["error"].as_str().unwrap_or("?")
+        )));
+    }
+    if stop {
+        println!(
+            "{}",
+            if reply["stopped"] == true {
+                "capture stopped"
+            } else {
+                "no capture was running"
+            }
+        );
+    } else {
+        println!(
+            "capturing up to {count} frames on {iface} queue {queue} to {}",
+            req["path"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// Counters of the services running on `iface`, from their control sockets.
+fn service_stats(iface: &str) -> Vec<(u32, Result<serde_json::Value, String>)> {
+    xsk_stack::control::sockets_of(iface)
+        .into_iter()
+        .map(|(q, path)| {
+            let r = xsk_stack::control::request(&path, &serde_json::json!({"cmd": "stats"}))
+                .map_err(|e| format!("{}: {e}", path.display()));
+            (q, r)
+        })
+        .collect()
+}
+
 fn read_all(s: &Steering, queues: u32) -> Result<Vec<QueueCounters>, SteerError> {
     (0..queues).map(|q| s.counters(q)).collect()
 }
@@ -383,12 +479,28 @@ fn stats(
                 .filter(|(q, c)| show(*q as u32, c))
                 .map(|(q, c)| serde_json::json!({"queue": q, "counters": c}))
                 .collect();
+            let services: Vec<_> = service_stats(iface)
+                .into_iter()
+                .map(|(q, r)| match r {
+                    Ok(v) => serde_json::json!({"queue": q, "stats": v["stats"]}),
+                    Err(e) => serde_json::json!({"queue": q, "error": e}),
+                })
+                .collect();
             println!(
                 "{}",
-                serde_json::json!({"iface": iface, "steered_queue": steered, "queues": v})
+                serde_json::json!({"iface": iface, "steered_queue": steered, "queues": v, "services": services})
             );
         } else {
             print_table(iface, steered, &now, None, show);
+            for (q, r) in service_stats(iface) {
+                match r {
+                    Ok(v) => {
+                        println!("\nstack on queue {q} (pid {}):", v["stats"]["pid"]);
+                        print!("{}", v["table"].as_str().unwrap_or(""));
+                    }
+                    Err(e) => println!("\nstack on queue {q}: unreachable ({e})"),
+                }
+            }
         }
         return Ok(());
     };
