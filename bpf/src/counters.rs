@@ -21,10 +21,13 @@ pub struct QueueCounters {
     pub fragments: u64,
     /// Frames that are not IPv4 (ARP, IPv6, ...), passed to the kernel.
     pub not_ipv4: u64,
+    /// Matched a rule but VLAN-tagged: the stack handles untagged frames only, so the kernel
+    /// gets them.
+    pub vlan: u64,
 }
 
 /// Number of u64 fields in `struct queue_counters`.
-const FIELDS: usize = 8;
+const FIELDS: usize = 9;
 
 impl QueueCounters {
     /// Sums the per-CPU values of one map entry; short or odd-sized values are ignored.
@@ -46,6 +49,7 @@ impl QueueCounters {
             malformed: f[5],
             fragments: f[6],
             not_ipv4: f[7],
+            vlan: f[8],
         }
     }
 
@@ -60,6 +64,7 @@ impl QueueCounters {
             ("malformed", self.malformed),
             ("fragments", self.fragments),
             ("not_ipv4", self.not_ipv4),
+            ("vlan", self.vlan),
         ]
     }
 
@@ -74,6 +79,7 @@ impl QueueCounters {
             malformed: self.malformed.wrapping_sub(earlier.malformed),
             fragments: self.fragments.wrapping_sub(earlier.fragments),
             not_ipv4: self.not_ipv4.wrapping_sub(earlier.not_ipv4),
+            vlan: self.vlan.wrapping_sub(earlier.vlan),
         }
     }
 }
@@ -89,8 +95,8 @@ mod tests {
     #[test]
     fn sums_over_cpus() {
         let c = QueueCounters::sum_per_cpu(&[
-            cpu([3, 2, 1, 2, 1, 0, 0, 0]),
-            cpu([5, 4, 4, 1, 0, 1, 0, 0]),
+            cpu([3, 2, 1, 2, 1, 0, 0, 0, 0]),
+            cpu([5, 4, 4, 1, 0, 1, 0, 0, 0]),
         ]);
         assert_eq!(c.seen, 8);
         assert_eq!(c.matched, 6);

@@ -625,6 +625,14 @@ impl Steering {
         }
     }
 
+    /// The attached steering program, for BPF_PROG_TEST_RUN (see [`sys::xdp_test_run_on`]).
+    pub fn program_fd(&self) -> Result<std::os::fd::OwnedFd, SteerError> {
+        libbpf_rs::Program::fd_from_pinned_path(self.pins.prog()).map_err(SteerError::bpf(format!(
+            "opening {}",
+            self.pins.prog().display()
+        )))
+    }
+
     /// Bitmap of the queues that have an AF_XDP socket in the XSKMAP (bit q = queue q).
     pub fn registered_queues(&self) -> Result<u64, SteerError> {
         registered_queues(&self.pins)

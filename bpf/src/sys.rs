@@ -148,6 +148,39 @@ pub fn xdp_test_run(prog: BorrowedFd<'_>, data: &[u8]) -> io::Result<(u32, Vec<u
     Ok((opts.retval, out))
 }
 
+/// Runs an XDP program once on `data` as if it arrived on `ifindex`/`rx_queue`
+/// (BPF_PROG_TEST_RUN with an xdp_md context) and returns its verdict. The kernel refuses
+/// frames shorter than an Ethernet header (EINVAL).
+pub fn xdp_test_run_on(
+    prog: BorrowedFd<'_>,
+    data: &[u8],
+    ifindex: u32,
+    rx_queue: u32,
+) -> io::Result<u32> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let mut ctx = [0u32, data.len() as u32, 0, ifindex, rx_queue, 0];
+    let mut out = vec![0u8; data.len() + 256];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: size_of::<libbpf_sys::bpf_test_run_opts>() as libbpf_sys::size_t,
+        data_in: data.as_ptr().cast(),
+        data_out: out.as_mut_ptr().cast(),
+        data_size_in: data.len() as u32,
+        data_size_out: out.len() as u32,
+        ctx_in: ctx.as_ptr().cast(),
+        ctx_out: ctx.as_mut_ptr().cast(),
+        ctx_size_in: size_of::<[u32; 6]>() as u32,
+        ctx_size_out: size_of::<[u32; 6]>() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: every pointer refers to a live buffer of the size given next to it.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc));
+    }
+    Ok(opts.retval)
+}
+
 /// One AF_XDP socket as the kernel's sock_diag reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct XskInfo {

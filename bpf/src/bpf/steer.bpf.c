@@ -48,7 +48,7 @@ enum verdict { V_PASS, V_MALFORMED, V_FRAGMENT, V_NOT_IPV4, V_MATCH };
 
 /* Returns V_MATCH with *key filled in when the frame is a TCP/UDP IPv4 packet; never reads past
  * data_end. */
-static __always_inline enum verdict parse(struct xdp_md *ctx, struct rule_key *key)
+static __always_inline enum verdict parse(struct xdp_md *ctx, struct rule_key *key, int *tagged)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -71,6 +71,7 @@ static __always_inline enum verdict parse(struct xdp_md *ctx, struct rule_key *k
 			return V_MALFORMED;
 		proto = vh->encap_proto;
 		cur = vh + 1;
+		*tagged = 1;
 	}
 	if (proto != bpf_htons(ETH_P_IP))
 		return V_NOT_IPV4;
@@ -114,12 +115,13 @@ int xdp_steer(struct xdp_md *ctx)
 	struct queue_counters *c = bpf_map_lookup_elem(&counters, &queue);
 	struct steer_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	struct rule_key key = {};
+	int tagged = 0;
 	int action;
 
 	if (c)
 		c->seen++;
 
-	enum verdict v = parse(ctx, &key);
+	enum verdict v = parse(ctx, &key, &tagged);
 	if (v != V_MATCH) {
 		if (c) {
 			if (v == V_MALFORMED)
@@ -145,6 +147,14 @@ int xdp_steer(struct xdp_md *ctx)
 
 	if (c)
 		c->matched++;
+	if (tagged) {
+		/* The stack speaks untagged Ethernet only: tagged flows stay with the kernel. */
+		if (c) {
+			c->vlan++;
+			c->passed++;
+		}
+		return XDP_PASS;
+	}
 	if (!cfg || cfg->queue != queue) {
 		/* The flow landed on a queue this attachment does not serve. */
 		if (c) {

@@ -41,6 +41,7 @@ struct queue_counters {
 	__u64 malformed;  /* truncated or invalid L2/L3/L4 header */
 	__u64 fragments;  /* IPv4 fragments: never steered */
 	__u64 not_ipv4;
+	__u64 vlan;       /* matched a rule but VLAN-tagged: the stack does not do VLAN, kernel gets it */
 };
 
 #endif
