@@ -37,6 +37,11 @@ pub struct DeviceCounters {
     pub rx_bad_checksum: u64,
     /// Dropped on receive: IPv4 fragments.
     pub rx_fragments: u64,
+    /// Dropped on receive: destination is not the stack's address (broadcast, multicast, other).
+    pub rx_not_ours: u64,
+    /// Dropped on receive: impossible source (0/8, 127/8, multicast, broadcast, our own address),
+    /// which the stack must never answer.
+    pub rx_martian: u64,
     /// Dropped on transmit: no free UMEM frame.
     pub tx_no_frame: u64,
     /// Dropped on transmit: next hop's MAC unknown (being resolved).
@@ -165,6 +170,8 @@ pub(crate) struct XskDevice {
     pub listen_capacity: HashMap<u16, u32>,
     /// Receive room of each bound UDP port, decremented by each datagram this batch.
     pub udp_room: HashMap<u16, UdpRoom>,
+    /// The stack's address: packets for anything else are dropped.
+    our_ip: [u8; 4],
 }
 
 impl XskDevice {
@@ -172,6 +179,7 @@ impl XskDevice {
         xsk: Xsk,
         l2: L2<KernelNeighbours>,
         our_mac: [u8; 6],
+        our_ip: Ipv4Addr,
         mtu: usize,
         ring: usize,
     ) -> Self {
@@ -196,6 +204,7 @@ impl XskDevice {
             mtu,
             listen_capacity: HashMap::new(),
             udp_room: HashMap::new(),
+            our_ip: our_ip.octets(),
         }
     }
 
@@ -276,7 +285,16 @@ impl phy::Device for XskDevice {
             } else {
                 let ip = &frame[ETH_HLEN..];
                 let proto = ip.get(9).copied().unwrap_or(0);
+                let ours = self.our_ip;
                 match wire::check_rx(ip) {
+                    Ok(_) if ip[16..20] != ours => {
+                        inner.counters.rx_not_ours += 1;
+                        None
+                    }
+                    Ok(_) if wire::martian_source([ip[12], ip[13], ip[14], ip[15]], ours) => {
+                        inner.counters.rx_martian += 1;
+                        None
+                    }
                     Ok(kind) => Some(kind),
                     Err(why) => {
                         let c = &mut inner.counters;

@@ -251,7 +251,7 @@ impl Core {
             prefix,
             L2Timing::default(),
         );
-        let mut dev = XskDevice::new(xsk, l2, mac, mtu, cfg.ring_size as usize);
+        let mut dev = XskDevice::new(xsk, l2, mac, addr, mtu, cfg.ring_size as usize);
         dev.rx_budget = cfg.listen_depth.max(8);
 
         let start = Instant::now();

@@ -154,6 +154,16 @@ impl StackStats {
                 d.rx_fragments,
             ),
             c(
+                "xsk_rx_drop_not_ours_total",
+                "Received packets dropped: destination not the stack's address.",
+                d.rx_not_ours,
+            ),
+            c(
+                "xsk_rx_drop_martian_total",
+                "Received packets dropped: impossible source address.",
+                d.rx_martian,
+            ),
+            c(
                 "xsk_tx_drop_no_frame_total",
                 "Packets not sent: no free UMEM frame.",
                 d.tx_no_frame,

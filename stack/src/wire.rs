@@ -112,7 +112,12 @@ pub fn check_rx(ip: &[u8]) -> Result<RxKind, RxDrop> {
                 return Err(RxDrop::Malformed);
             }
             let off = ((l4[12] >> 4) as usize) * 4;
-            if off < 20 || off > l4.len() {
+            if off < 20 || off > l4.len() || !tcp_options_ok(&l4[20..off]) {
+                return Err(RxDrop::Malformed);
+            }
+            let flags = l4[13];
+            // SYN with FIN or RST is no legitimate segment (scanner fingerprints).
+            if flags & TCP_SYN != 0 && flags & (TCP_FIN | TCP_RST) != 0 {
                 return Err(RxDrop::Malformed);
             }
             if fold(sum(pseudo(l4.len()), l4)) != 0xffff {
@@ -120,7 +125,7 @@ pub fn check_rx(ip: &[u8]) -> Result<RxKind, RxDrop> {
             }
             Ok(RxKind::Tcp {
                 dst_port: be16(l4, 2),
-                flags: l4[13],
+                flags,
             })
         }
         17 => {
@@ -142,6 +147,33 @@ pub fn check_rx(ip: &[u8]) -> Result<RxKind, RxDrop> {
         }
         _ => Ok(RxKind::Other),
     }
+}
+
+/// TCP options are a list of (kind, length, data) with single-byte NOP and EOL: every length
+/// must be at least 2 and stay inside the header.
+fn tcp_options_ok(opts: &[u8]) -> bool {
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => return true,
+            1 => i += 1,
+            _ => {
+                let Some(&len) = opts.get(i + 1) else {
+                    return false;
+                };
+                if len < 2 || i + len as usize > opts.len() {
+                    return false;
+                }
+                i += len as usize;
+            }
+        }
+    }
+    true
+}
+
+/// Whether a source address can never be a real peer (RFC 1122 martians) or is our own.
+pub fn martian_source(src: [u8; 4], ours: [u8; 4]) -> bool {
+    src == ours || src[0] == 0 || src[0] == 127 || src[0] >= 224 || src == [255; 4]
 }
 
 /// Classifies a packet smoltcp is sending (trusted bytes, still read with bounds checks).
@@ -297,6 +329,22 @@ mod tests {
         let mut t = tcp_packet(TCP_ACK, b"x");
         t[32] = 0x40; // data offset 16 bytes
         assert_eq!(check_rx(&t), Err(RxDrop::Malformed));
+    }
+
+    #[test]
+    fn tcp_options_and_flag_combinations() {
+        let mut t = tcp_packet(TCP_SYN | TCP_FIN, b"");
+        assert_eq!(check_rx(&t), Err(RxDrop::Malformed));
+        t = tcp_packet(TCP_SYN | TCP_RST, b"");
+        assert_eq!(check_rx(&t), Err(RxDrop::Malformed));
+        assert!(tcp_options_ok(&[2, 4, 5, 0xb4, 1, 1, 0, 9]));
+        assert!(!tcp_options_ok(&[2, 0, 0, 0]), "zero length");
+        assert!(!tcp_options_ok(&[1, 8, 10, 1]), "overlong");
+        assert!(!tcp_options_ok(&[1, 1, 1, 3]), "length byte missing");
+        assert!(martian_source([0, 0, 0, 0], [198, 18, 0, 1]));
+        assert!(martian_source([224, 0, 0, 1], [198, 18, 0, 1]));
+        assert!(martian_source([198, 18, 0, 1], [198, 18, 0, 1]));
+        assert!(!martian_source([198, 18, 0, 2], [198, 18, 0, 1]));
     }
 
     #[test]

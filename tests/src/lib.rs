@@ -5,6 +5,7 @@
 
 pub mod frames;
 pub mod netns;
+pub mod raw;
 mod testbed;
 pub mod xsk;
 
