@@ -257,8 +257,8 @@ fn malformed_and_spoofed_frames_are_counted_and_harmless() {
             let f = Frame {
                 src_port: client_port,
                 tcp_flags: 0x14,
-                seq: rng.next() as u32,
-                ack: rng.next() as u32,
+                seq: rng.next_u64() as u32,
+                ack: rng.next_u64() as u32,
                 ..tcp()
             };
             raw.send(&f.build()).unwrap();

@@ -324,7 +324,7 @@ fn random_frames_are_only_passed_or_steered_as_the_rules_say() {
                 let mut f = templates[rng.below(templates.len() as u64) as usize].clone();
                 for _ in 0..1 + rng.below(4) {
                     let at = rng.below(f.len() as u64) as usize;
-                    f[at] = rng.next() as u8;
+                    f[at] = rng.next_u64() as u8;
                 }
                 f
             }
