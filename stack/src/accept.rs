@@ -132,6 +132,17 @@ impl AcceptQueue {
         expired
     }
 
+    /// Drops up to `n` of the oldest handshakes (silently: no RST to a possibly spoofed source)
+    /// and returns how many went.
+    pub fn evict_oldest(&mut self, sockets: &mut SocketSet<'static>, n: usize) -> usize {
+        let n = n.min(self.handshaking.len());
+        self.handshaking.sort_unstable_by_key(|&(_, since)| since);
+        for (h, _) in self.handshaking.drain(..n) {
+            sockets.remove(h);
+        }
+        n
+    }
+
     /// The next established connection, if any.
     pub fn pop(&mut self) -> Option<SocketHandle> {
         self.ready.pop_front()
@@ -303,6 +314,32 @@ mod tests {
             ),
             (2, 2, 4)
         );
+    }
+
+    #[test]
+    fn a_full_queue_of_handshakes_gives_way_oldest_first() {
+        let mut net = Net::new();
+        let mut q = AcceptQueue::default();
+        q.arm(&mut net.sockets, 80, 3, socket);
+        let t0 = net.now;
+        for (i, h) in q
+            .listening
+            .drain(..)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .enumerate()
+        {
+            q.handshaking
+                .push((h, t0 + Duration::from_millis(10 - i as u64)));
+        }
+        let oldest = q.handshaking[2].0;
+        assert_eq!(q.evict_oldest(&mut net.sockets, 1), 1);
+        assert!(
+            q.handshaking.iter().all(|&(h, _)| h != oldest),
+            "the oldest went"
+        );
+        assert_eq!(q.evict_oldest(&mut net.sockets, 10), 2);
+        assert_eq!(q.queued(), 0);
     }
 
     #[test]

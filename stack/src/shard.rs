@@ -110,6 +110,8 @@ pub struct RuntimeCounters {
     pub backlog_full: u64,
     /// SYNs refused because the shard was at its connection limit.
     pub conn_limit: u64,
+    /// Half-open handshakes dropped to make room in a full accept queue (SYN flood).
+    pub syn_evicted: u64,
     pub polls: u64,
 }
 
@@ -398,9 +400,19 @@ impl Core {
         let (depth, backlog) = (self.cfg.listen_depth, self.cfg.backlog);
         let ports: Vec<u16> = self.listeners.keys().copied().collect();
         for port in ports {
-            let want = self.listeners[&port].queue.want(depth, backlog, room);
-            room = room.saturating_sub(want);
             let mut listener = self.listeners.remove(&port).expect("listener");
+            // A queue full of half-open handshakes (a SYN flood) gives way: the oldest are
+            // dropped silently, so fresh SYNs, legitimate ones among them, still get in.
+            let unbounded = listener.queue.want(depth, usize::MAX, room);
+            let bounded = listener.queue.want(depth, backlog, room);
+            if bounded < unbounded {
+                let evicted = listener
+                    .queue
+                    .evict_oldest(&mut self.sockets, unbounded - bounded);
+                self.counters.syn_evicted += evicted as u64;
+            }
+            let want = listener.queue.want(depth, backlog, room);
+            room = room.saturating_sub(want);
             let cfg = &self.cfg;
             listener
                 .queue

@@ -264,6 +264,11 @@ impl StackStats {
                 r.conn_limit,
             ),
             c(
+                "xsk_tcp_syn_evicted_total",
+                "Half-open handshakes dropped from a full accept queue (SYN flood).",
+                r.syn_evicted,
+            ),
+            c(
                 "xsk_tcp_idle_timeouts_total",
                 "Connections reset for idleness.",
                 r.idle_timeouts,
