@@ -625,6 +625,11 @@ impl Steering {
         }
     }
 
+    /// Whether the attachment's pins are still there (`xdp-loader detach` removes them).
+    pub fn still_attached(&self) -> bool {
+        self.pins.maps_complete()
+    }
+
     /// The attached steering program, for BPF_PROG_TEST_RUN (see [`sys::xdp_test_run_on`]).
     pub fn program_fd(&self) -> Result<std::os::fd::OwnedFd, SteerError> {
         libbpf_rs::Program::fd_from_pinned_path(self.pins.prog()).map_err(SteerError::bpf(format!(

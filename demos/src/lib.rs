@@ -104,29 +104,33 @@ impl Common {
         })
     }
 
-    /// Returns on SIGINT/SIGTERM or after `--duration` seconds, so the caller can shut the
-    /// stack down cleanly (its steering rules removed, its sockets closed).
-    pub fn wait(&self) {
-        let mut signals = match signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ]) {
+    /// Runs until SIGINT/SIGTERM, `--duration` seconds, or the stack stopping on its own (the
+    /// steering program detached, the interface gone): then the caller drops the stack, which
+    /// removes its rules and closes its sockets. Returns the process's exit code.
+    pub fn wait(&self, stack: &Stack, name: &str) -> ExitCode {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("cannot install signal handlers: {e}");
-                return;
+                eprintln!("{name}: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
             }
         };
-        let handle = signals.handle();
-        if self.duration > 0 {
-            let d = Duration::from_secs(self.duration);
-            std::thread::spawn(move || {
-                std::thread::sleep(d);
-                handle.close();
-            });
-        }
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(sig, "shutting down");
+        let deadline = (self.duration > 0)
+            .then(|| std::time::Instant::now() + Duration::from_secs(self.duration));
+        loop {
+            if let Some(sig) = signals.pending().next() {
+                tracing::info!(sig, "shutting down");
+                return ExitCode::SUCCESS;
+            }
+            if let Some(why) = stack.failure() {
+                eprintln!("{name}: error: {why}");
+                return ExitCode::FAILURE;
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return ExitCode::SUCCESS;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

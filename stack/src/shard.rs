@@ -588,11 +588,37 @@ impl Core {
     }
 }
 
+/// Why the shard must stop on its own, checked about once a second: the steering program was
+/// detached (its pins are gone) or the interface went away.
+fn lost_attachment(core: &Core) -> Option<String> {
+    if steer_bpf::sys::ifindex(&core.cfg.iface).is_none() {
+        return Some(format!("interface {} is gone", core.cfg.iface));
+    }
+    if !core.steering.still_attached() {
+        return Some(format!(
+            "the steering program was detached from {} (its pins are gone); re-attach with `xdp-loader attach {} --queue {}` and restart the service",
+            core.cfg.iface, core.cfg.iface, core.cfg.queue
+        ));
+    }
+    None
+}
+
 /// The shard thread's loop.
 fn run(shared: Arc<Shared>, xsk_fd: i32, busy: bool) {
+    let mut last_check = Instant::now();
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
+        }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            let lost = shared.lock().as_ref().and_then(lost_attachment);
+            if let Some(why) = lost {
+                tracing::error!("{why}");
+                *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                shared.stop.store(true, Ordering::Release);
+                break;
+            }
         }
         let (progress, delay) = {
             let mut g = shared.lock();

@@ -38,6 +38,22 @@ fn stopped() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the stack has stopped")
 }
 
+/// The stack stopped: say why, when the shard knows.
+fn stopped_because(shared: &Shared) -> io::Error {
+    match shared
+        .failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_deref()
+    {
+        Some(why) => io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!("the stack has stopped: {why}"),
+        ),
+        None => stopped(),
+    }
+}
+
 /// Runs `f` under the core lock until it returns `Some`, parking the thread in between (woken by
 /// smoltcp's socket wakers or the shard, with a bounded nap as a safety net).
 pub(crate) fn block_on<T>(
@@ -57,7 +73,7 @@ pub(crate) fn block_on<T>(
             }
         }
         if shared.stop.load(Ordering::Acquire) {
-            return Err(stopped());
+            return Err(stopped_because(shared));
         }
         let nap = Duration::from_millis(50);
         match deadline {

@@ -114,6 +114,12 @@ impl Service {
         }
     }
 
+    /// Waits for the process to end and returns its exit code and stderr.
+    pub fn finish(&mut self) -> (Option<i32>, String) {
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        (code, self.child.wait_with_output_ref())
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -184,3 +184,28 @@ fn killed_service_fails_open_and_a_restart_takes_the_flows_back() {
         "{status}"
     );
 }
+
+#[test]
+fn detaching_under_a_running_service_stops_it_with_a_clear_error() {
+    if !require_root("detaching_under_a_running_service_stops_it_with_a_clear_error") {
+        return;
+    }
+    let tb = bed();
+    let mut svc = Service::start("tcp-echo", &args(&tb, "7000"));
+    loader_ok(&["detach", &tb.host_if]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while svc.running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service noticed within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, stderr) = svc.finish();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the steering program was detached from")
+            && stderr.contains("xdp-loader attach"),
+        "{stderr}"
+    );
+}

@@ -82,6 +82,5 @@ fn main() -> ExitCode {
             }
         }
     });
-    cli.common.wait();
-    ExitCode::SUCCESS
+    cli.common.wait(&stack, "http-hello")
 }

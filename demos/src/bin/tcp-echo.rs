@@ -67,9 +67,5 @@ fn main() -> ExitCode {
             }
         }
     });
-    cli.common.wait();
-    if let Some(s) = stack.stats() {
-        eprintln!("tcp-echo: {:?}", s.runtime);
-    }
-    ExitCode::SUCCESS
+    cli.common.wait(&stack, "tcp-echo")
 }

@@ -51,6 +51,5 @@ fn main() -> ExitCode {
             }
         }
     });
-    cli.common.wait();
-    ExitCode::SUCCESS
+    cli.common.wait(&stack, "udp-echo")
 }
