@@ -242,6 +242,38 @@ mod tests {
         }
     }
 
+    /// Seeded property test: arbitrary text and arbitrary map entries never panic, and whatever
+    /// parses round-trips through its text and key forms.
+    #[test]
+    fn arbitrary_rules_and_keys() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"tcpudTCPUD:@.0123456789 -x";
+        for _ in 0..50_000 {
+            let s: String = (0..next() % 24)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char)
+                .collect();
+            if let Ok(r) = s.parse::<SteeringRule>() {
+                assert_eq!(r.to_string().parse::<SteeringRule>(), Ok(r));
+                assert_eq!(SteeringRule::from_key(&r.to_key()), Ok(r));
+            }
+            let key: Vec<u8> = (0..next() % 10).map(|_| next() as u8).collect();
+            if let Ok(r) = SteeringRule::from_key(&key) {
+                assert_eq!(r.to_key().to_vec(), {
+                    let mut k = key.clone();
+                    k[1] = 0;
+                    k
+                });
+            }
+            let _ = RuleOwner::from_val(&key);
+        }
+    }
+
     #[test]
     fn parses_text_rules() {
         assert_eq!(

@@ -328,6 +328,28 @@ mod tests {
     }
 
     #[test]
+    fn diag_parser_survives_random_replies() {
+        let mut x = 0xdead_beef_cafe_f00du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut b: Vec<u8> = (0..next() % 96).map(|_| next() as u8).collect();
+            if b.len() >= 16 && next() % 2 == 0 {
+                // Make the length field plausible so the attribute walk gets exercised.
+                let l = b.len() as u32;
+                b[0..4].copy_from_slice(&l.to_ne_bytes());
+                b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+            }
+            let mut out = Vec::new();
+            let _ = parse_diag(&b, &mut out);
+        }
+    }
+
+    #[test]
     fn diag_parser_reads_info_attribute() {
         let mut m = Vec::new();
         let len = 16 + 16 + 12;

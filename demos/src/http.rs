@@ -175,6 +175,46 @@ mod tests {
         .starts_with("HTTP/1.1 501"));
     }
 
+    /// Seeded property test (stable-Rust stand-in for cargo-fuzz): any bytes, and mutations of
+    /// real requests, give a response or "more", never a panic, and never consume more than given.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: [&[u8]; 3] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+            b"POST /x HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
+            b"HEAD / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for i in 0..50_000 {
+            let mut buf: Vec<u8> = if i % 2 == 0 {
+                let s = seeds[(next() % 3) as usize].to_vec();
+                let mut s = s;
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % s.len() as u64) as usize;
+                    s[at] = next() as u8;
+                }
+                s.truncate((next() % (s.len() as u64 + 1)) as usize);
+                s
+            } else {
+                (0..next() % 200).map(|_| next() as u8).collect()
+            };
+            if let Step::Respond {
+                consumed, response, ..
+            } = step(&buf)
+            {
+                assert!(consumed <= buf.len());
+                assert!(response.starts_with(b"HTTP/1.1 "));
+            }
+            buf.clear();
+        }
+    }
+
     #[test]
     fn bodies_are_waited_for_and_skipped() {
         assert_eq!(

@@ -24,6 +24,8 @@ pub mod control;
 mod device;
 mod error;
 mod events;
+#[cfg(test)]
+mod ingress_tests;
 mod l2;
 mod ports;
 mod shard;

@@ -604,3 +604,55 @@ fn stack_refuses_bad_setups_with_clear_errors() {
     );
     assert!(status.contains("3:-"), "XSK gone: {status}");
 }
+
+#[test]
+fn pins_of_a_recreated_interface_are_refused() {
+    if !require_root("pins_of_a_recreated_interface_are_refused") {
+        return;
+    }
+    let tb = Testbed::new();
+    loader_ok(&["attach", &tb.host_if, "--queue", "3"]);
+    // The interface goes away and a new one takes its name: the pins now describe a stranger.
+    testbed::run_ok("ip", &["link", "del", &tb.host_if]);
+    testbed::run_ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            &tb.host_if,
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &tb.peer_if,
+            "netns",
+            &tb.ns,
+        ],
+    );
+    testbed::run_ok(
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", tb.host_ip),
+            "dev",
+            &tb.host_if,
+        ],
+    );
+    testbed::run_ok("ip", &["link", "set", &tb.host_if, "up"]);
+    let e = Stack::builder(&tb.host_if, 3)
+        .start()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pinned steering maps belong to interface index"),
+        "{e}"
+    );
+    // The loader cleans up the stale pins (the program itself went with the old interface).
+    loader_ok(&["detach", &tb.host_if]);
+    assert!(!steer_bpf::PinDir::new(None, &tb.host_if).exists());
+}
