@@ -14,6 +14,7 @@ use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
     capture::{Capture, CaptureProgress, CaptureSpec},
+    faults::{Fault, Faults},
     l2::{KernelNeighbours, L2Miss, L2},
     sys::xsk::{self as xsk_sys, Xsk},
     wire::{self, RxDrop, RxKind, TxKind, TCP_ACK, TCP_RST, TCP_SYN},
@@ -92,11 +93,22 @@ pub(crate) struct DeviceInner {
     /// tell retransmissions apart.
     snd_max: HashMap<(u16, [u8; 4], u16), u32>,
     pub capture: Option<Capture>,
+    /// The fault injector, if a test asked for one.
+    pub faults: Option<Faults>,
+    /// Transmit frames the fault injector holds back (released at the end of the batch).
+    pub held_tx: Vec<FrameDesc>,
     /// The last capture, kept for status after it finished.
     pub last_capture: Option<(CaptureSpec, std::sync::Arc<CaptureProgress>)>,
 }
 
 impl DeviceInner {
+    /// Queues the transmit frames the fault injector held back (end of a batch).
+    pub fn release_held_tx(&mut self) {
+        for d in self.held_tx.drain(..) {
+            self.xsk.queue_tx(d);
+        }
+    }
+
     fn capture(&mut self, frame: &[u8]) {
         if let Some(c) = &mut self.capture {
             if !c.record(frame) {
@@ -172,6 +184,9 @@ pub(crate) struct XskDevice {
     pub udp_room: HashMap<u16, UdpRoom>,
     /// The stack's address: packets for anything else are dropped.
     our_ip: [u8; 4],
+    /// Frames to hand smoltcp before new ones (fault injector: duplicates, released holds).
+    injected: std::collections::VecDeque<FrameDesc>,
+    held_rx: std::collections::VecDeque<FrameDesc>,
 }
 
 impl XskDevice {
@@ -196,6 +211,8 @@ impl XskDevice {
                 snd_max: HashMap::new(),
                 capture: None,
                 last_capture: None,
+                faults: None,
+                held_tx: Vec::new(),
             }),
             rx_batch: Vec::with_capacity(ring),
             rx_pos: 0,
@@ -205,6 +222,8 @@ impl XskDevice {
             listen_capacity: HashMap::new(),
             udp_room: HashMap::new(),
             our_ip: our_ip.octets(),
+            injected: std::collections::VecDeque::new(),
+            held_rx: std::collections::VecDeque::new(),
         }
     }
 
@@ -215,7 +234,47 @@ impl XskDevice {
 
     /// Frames taken off the rx ring and not yet handed to smoltcp.
     pub fn rx_backlog(&self) -> usize {
-        self.rx_batch.len() - self.rx_pos
+        self.rx_batch.len() - self.rx_pos + self.injected.len() + self.held_rx.len()
+    }
+
+    /// Applies the fault plan to a fresh received frame: `None` if it is dropped or held back.
+    fn inject_rx(&mut self, mut desc: FrameDesc) -> Option<FrameDesc> {
+        let inner = self.inner.get_mut();
+        let Some(f) = inner.faults.as_mut().filter(|f| f.plan.on_receive) else { return Some(desc) };
+        // A frame held back earlier follows this one: reordered by one position.
+        if let Some(h) = self.held_rx.pop_front() {
+            self.injected.push_back(h);
+        }
+        let len = xsk_sys::frame(&self.umem, &desc).len();
+        match f.decide() {
+            Fault::None => {}
+            Fault::Drop => {
+                inner.xsk.release(desc);
+                return None;
+            }
+            Fault::Reorder => {
+                self.held_rx.push_back(desc);
+                return None;
+            }
+            Fault::Corrupt => {
+                if let (Some(at), Some(b)) = (f.corrupt_at(len), xsk_sys::frame_mut(&self.umem, &mut desc, len)) {
+                    b[at] ^= 0xff;
+                }
+            }
+            Fault::Duplicate => {
+                if let Some(mut copy) = inner.xsk.alloc_stack() {
+                    let src = xsk_sys::frame(&self.umem, &desc);
+                    match xsk_sys::frame_mut(&self.umem, &mut copy, len) {
+                        Some(dst) => {
+                            dst.copy_from_slice(src);
+                            self.injected.push_back(copy);
+                        }
+                        None => inner.xsk.release(copy),
+                    }
+                }
+            }
+        }
+        Some(desc)
     }
 
     /// Accounts one valid packet; returns false if it must be dropped here (UDP socket full).
@@ -264,15 +323,29 @@ impl phy::Device for XskDevice {
             if self.rx_taken >= self.rx_budget {
                 return None;
             }
-            if self.rx_pos == self.rx_batch.len() {
-                self.rx_batch.clear();
-                self.rx_pos = 0;
-                if self.inner.get_mut().xsk.receive(&mut self.rx_batch) == 0 {
-                    return None;
+            let desc = match self.injected.pop_front() {
+                Some(d) => d,
+                None => {
+                    if self.rx_pos == self.rx_batch.len() {
+                        self.rx_batch.clear();
+                        self.rx_pos = 0;
+                        if self.inner.get_mut().xsk.receive(&mut self.rx_batch) == 0 {
+                            // Frames held back by the fault injector go out at the end of a batch.
+                            if self.held_rx.is_empty() {
+                                return None;
+                            }
+                            self.injected.extend(self.held_rx.drain(..));
+                            continue;
+                        }
+                    }
+                    let d = self.rx_batch[self.rx_pos];
+                    self.rx_pos += 1;
+                    match self.inject_rx(d) {
+                        Some(d) => d,
+                        None => continue,
+                    }
                 }
-            }
-            let desc = self.rx_batch[self.rx_pos];
-            self.rx_pos += 1;
+            };
             let frame = xsk_sys::frame(&self.umem, &desc);
             let len = frame.len();
             let inner = self.inner.get_mut();
@@ -439,7 +512,41 @@ impl phy::TxToken for XskTxToken<'_> {
                 inner.counters.tx_bytes += total as u64;
                 inner.account_tx(&buf[ETH_HLEN..]);
                 inner.capture(buf);
-                inner.xsk.queue_tx(desc);
+                let fault = match inner.faults.as_mut().filter(|f| f.plan.on_transmit) {
+                    Some(f) => {
+                        let d = f.decide();
+                        if d == Fault::Corrupt {
+                            if let Some(at) = f.corrupt_at(total) {
+                                buf[at] ^= 0xff;
+                            }
+                        }
+                        d
+                    }
+                    None => Fault::None,
+                };
+                match fault {
+                    Fault::Drop => inner.xsk.cancel_tx(desc),
+                    Fault::Reorder => inner.held_tx.push(desc),
+                    Fault::Duplicate => {
+                        if let Some(mut copy) = inner.xsk.alloc_tx() {
+                            match xsk_sys::frame_mut(self.umem, &mut copy, total) {
+                                Some(dst) => {
+                                    dst.copy_from_slice(buf);
+                                    inner.xsk.queue_tx(copy);
+                                }
+                                None => inner.xsk.cancel_tx(copy),
+                            }
+                        }
+                        inner.xsk.queue_tx(desc);
+                    }
+                    Fault::None | Fault::Corrupt => {
+                        inner.xsk.queue_tx(desc);
+                        // A frame held back earlier goes after this one.
+                        if let Some(h) = inner.held_tx.pop() {
+                            inner.xsk.queue_tx(h);
+                        }
+                    }
+                }
             }
             Err(miss) => {
                 match miss {

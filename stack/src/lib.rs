@@ -24,6 +24,7 @@ pub mod control;
 mod device;
 mod error;
 mod events;
+mod faults;
 #[cfg(test)]
 mod ingress_tests;
 mod l2;
@@ -41,6 +42,7 @@ pub use config::{BindMode, Config};
 pub use device::DeviceCounters;
 pub use error::StackError;
 pub use events::ConnEvent;
+pub use faults::{FaultCounters, FaultPlan};
 pub use shard::{RuntimeCounters, Stack, StackBuilder, StatsSource};
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use stats::{MemoryStats, StackStats, TcpStateCounts};

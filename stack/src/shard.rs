@@ -352,6 +352,7 @@ impl Core {
             self.expire(now);
         }
         let inner = self.dev.inner.get_mut();
+        inner.release_held_tx();
         inner.xsk.flush();
         inner.xsk.refill();
         changed || moved || self.dev.rx_backlog() > 0
@@ -570,6 +571,7 @@ impl Core {
                     + udp_sockets * 2 * cfg.udp_buffer as u64,
             },
             capture,
+            faults: inner.faults.as_ref().map(|f| f.counters),
         }
     }
 
@@ -652,6 +654,7 @@ pub struct StackBuilder {
     cfg: Config,
     hook: Option<ConnHook>,
     pcap: Option<CaptureSpec>,
+    faults: Option<crate::FaultPlan>,
     control: Option<Option<std::path::PathBuf>>,
 }
 
@@ -672,6 +675,7 @@ impl StackBuilder {
             cfg: Config::new(iface, queue),
             hook: None,
             pcap: None,
+            faults: None,
             control: None,
         }
     }
@@ -682,6 +686,11 @@ impl StackBuilder {
         hook: impl Fn(&crate::ConnEvent) + Send + Sync + 'static,
     ) -> Self {
         self.hook = Some(std::sync::Arc::new(hook));
+        self
+    }
+    /// Injects faults (drop, duplicate, reorder, corrupt) in the device layer: for tests.
+    pub fn faults(mut self, plan: crate::FaultPlan) -> Self {
+        self.faults = Some(plan);
         self
     }
     /// Captures received and sent frames to a pcap file from the start.
@@ -784,6 +793,9 @@ impl StackBuilder {
         };
         let mut core = Core::open(self.cfg)?;
         core.hook = self.hook;
+        if let Some(plan) = self.faults {
+            core.dev.inner.get_mut().faults = Some(crate::faults::Faults::new(plan));
+        }
         if let Some(spec) = self.pcap {
             core.start_capture(spec)?;
         }

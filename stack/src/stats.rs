@@ -85,6 +85,8 @@ pub struct StackStats {
     pub connections: usize,
     pub memory: MemoryStats,
     pub capture: CaptureStatus,
+    /// What the fault injector did, when one is configured (tests).
+    pub faults: Option<crate::FaultCounters>,
 }
 
 /// One metric of the Prometheus exposition.

@@ -4,6 +4,7 @@
 //! Drop removes everything, also when a test panics.
 
 pub mod frames;
+pub mod impair;
 pub mod netns;
 pub mod raw;
 mod testbed;

@@ -225,6 +225,13 @@ impl Xsk {
         self.ledger.moved(Owner::Stack, Owner::Free, 1);
     }
 
+    /// Takes a free frame for the stack's own use (a received frame's copy), if any.
+    pub fn alloc_stack(&mut self) -> Option<FrameDesc> {
+        let d = self.free.pop()?;
+        self.ledger.moved(Owner::Free, Owner::Stack, 1);
+        Some(d)
+    }
+
     /// Takes a free frame to transmit from, if any.
     pub fn alloc_tx(&mut self) -> Option<FrameDesc> {
         let d = self.free.pop()?;
