@@ -240,7 +240,9 @@ impl XskDevice {
     /// Applies the fault plan to a fresh received frame: `None` if it is dropped or held back.
     fn inject_rx(&mut self, mut desc: FrameDesc) -> Option<FrameDesc> {
         let inner = self.inner.get_mut();
-        let Some(f) = inner.faults.as_mut().filter(|f| f.plan.on_receive) else { return Some(desc) };
+        let Some(f) = inner.faults.as_mut().filter(|f| f.plan.on_receive) else {
+            return Some(desc);
+        };
         // A frame held back earlier follows this one: reordered by one position.
         if let Some(h) = self.held_rx.pop_front() {
             self.injected.push_back(h);
@@ -257,7 +259,10 @@ impl XskDevice {
                 return None;
             }
             Fault::Corrupt => {
-                if let (Some(at), Some(b)) = (f.corrupt_at(len), xsk_sys::frame_mut(&self.umem, &mut desc, len)) {
+                if let (Some(at), Some(b)) = (
+                    f.corrupt_at(len),
+                    xsk_sys::frame_mut(&self.umem, &mut desc, len),
+                ) {
                     b[at] ^= 0xff;
                 }
             }

@@ -46,7 +46,11 @@ pub struct Faults {
 
 impl Faults {
     pub fn new(plan: FaultPlan) -> Self {
-        Self { plan, state: plan.seed | 1, counters: FaultCounters::default() }
+        Self {
+            plan,
+            state: plan.seed | 1,
+            counters: FaultCounters::default(),
+        }
     }
 
     fn next(&mut self) -> u64 {
@@ -95,14 +99,28 @@ mod tests {
 
     #[test]
     fn rates_follow_the_plan_and_the_seed_repeats() {
-        let plan = FaultPlan { seed: 42, drop_ppm: 50_000, duplicate_ppm: 10_000, reorder_ppm: 20_000, corrupt_ppm: 1_000, ..Default::default() };
+        let plan = FaultPlan {
+            seed: 42,
+            drop_ppm: 50_000,
+            duplicate_ppm: 10_000,
+            reorder_ppm: 20_000,
+            corrupt_ppm: 1_000,
+            ..Default::default()
+        };
         let mut a = Faults::new(plan);
         let mut b = Faults::new(plan);
         for _ in 0..1_000_000 {
             assert_eq!(a.decide(), b.decide());
         }
         let c = a.counters;
-        let near = |got: u64, ppm: u64| (got as i64 - ppm as i64).abs() < (ppm as i64 / 10).max(100);
-        assert!(near(c.dropped, 50_000) && near(c.duplicated, 10_000) && near(c.reordered, 20_000) && near(c.corrupted, 1_000), "{c:?}");
+        let near =
+            |got: u64, ppm: u64| (got as i64 - ppm as i64).abs() < (ppm as i64 / 10).max(100);
+        assert!(
+            near(c.dropped, 50_000)
+                && near(c.duplicated, 10_000)
+                && near(c.reordered, 20_000)
+                && near(c.corrupted, 1_000),
+            "{c:?}"
+        );
     }
 }

@@ -53,10 +53,16 @@ impl Impairment {
         let iface = iface.to_string();
         let work = move || -> io::Result<(u32, u32)> {
             let mut obj = MaybeUninit::uninit();
-            let open = skel::ImpairSkelBuilder::default().open(&mut obj).map_err(io::Error::other)?;
+            let open = skel::ImpairSkelBuilder::default()
+                .open(&mut obj)
+                .map_err(io::Error::other)?;
             let sk = open.load().map_err(io::Error::other)?;
-            sk.maps.impair_cfg.update(&0u32.to_ne_bytes(), &cfg.bytes(), MapFlags::ANY).map_err(io::Error::other)?;
-            let idx = steer_bpf::sys::ifindex(&iface).ok_or_else(|| io::Error::other(format!("no {iface}")))?;
+            sk.maps
+                .impair_cfg
+                .update(&0u32.to_ne_bytes(), &cfg.bytes(), MapFlags::ANY)
+                .map_err(io::Error::other)?;
+            let idx = steer_bpf::sys::ifindex(&iface)
+                .ok_or_else(|| io::Error::other(format!("no {iface}")))?;
             let mut hook = TcHookBuilder::new(sk.progs.impair.as_fd())
                 .ifindex(idx as i32)
                 .replace(true)
@@ -66,8 +72,12 @@ impl Impairment {
             // The clsact qdisc may exist already.
             let _ = hook.create();
             hook.attach().map_err(io::Error::other)?;
-            let id = |m: &libbpf_rs::MapMut<'_>| libbpf_rs::MapInfo::new(m.as_fd()).map(|i| i.info.id);
-            Ok((id(&sk.maps.impair_cfg).map_err(io::Error::other)?, id(&sk.maps.impair_stats).map_err(io::Error::other)?))
+            let id =
+                |m: &libbpf_rs::MapMut<'_>| libbpf_rs::MapInfo::new(m.as_fd()).map(|i| i.info.id);
+            Ok((
+                id(&sk.maps.impair_cfg).map_err(io::Error::other)?,
+                id(&sk.maps.impair_stats).map_err(io::Error::other)?,
+            ))
         };
         let (cfg_id, stats_id) = match ns {
             Some(ns) => crate::netns::in_netns(ns, work)??,
@@ -81,14 +91,24 @@ impl Impairment {
 
     /// Changes the rates.
     pub fn set(&self, cfg: ImpairConfig) -> io::Result<()> {
-        self.cfg.update(&0u32.to_ne_bytes(), &cfg.bytes(), MapFlags::ANY).map_err(io::Error::other)
+        self.cfg
+            .update(&0u32.to_ne_bytes(), &cfg.bytes(), MapFlags::ANY)
+            .map_err(io::Error::other)
     }
 
     pub fn counters(&self) -> ImpairCounters {
-        let per_cpu = self.stats.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY).ok().flatten().unwrap_or_default();
+        let per_cpu = self
+            .stats
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let mut c = ImpairCounters::default();
         for v in per_cpu {
-            let f = |i: usize| v.get(i * 8..i * 8 + 8).map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap()));
+            let f = |i: usize| {
+                v.get(i * 8..i * 8 + 8)
+                    .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap()))
+            };
             c.seen += f(0);
             c.dropped += f(1);
             c.duplicated += f(2);

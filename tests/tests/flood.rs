@@ -168,4 +168,13 @@ fn syn_flood_keeps_memory_bounded_and_legitimate_clients_served() {
         .unwrap();
     assert_eq!(after, 10, "all requests after the flood");
     assert!(stack.failure().is_none());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while stack.frames().map(|(f, _)| f.stack + f.tx).unwrap() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "frames not home: {:?}",
+            stack.frames()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -362,4 +362,13 @@ fn malformed_and_spoofed_frames_are_counted_and_harmless() {
     .unwrap();
     assert_eq!(&again, b"after");
     assert!(stack.failure().is_none());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while stack.frames().map(|(f, _)| f.stack + f.tx).unwrap() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "frames not home: {:?}",
+            stack.frames()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }

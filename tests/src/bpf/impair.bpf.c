@@ -70,9 +70,12 @@ int impair(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	r -= cfg->dup_ppm;
-	if (r < cfg->corrupt_ppm && skb->len > 60) {
-		/* Flip one byte of the L4 payload area: only the L4 checksum can catch it. */
-		__u32 off = 54 + bpf_get_prandom_u32() % (skb->len - 54);
+	if (r < cfg->corrupt_ppm) {
+		/* Flip a byte of the IPv4 identification field. TCP/UDP checksums are still partial
+		 * here (the software fallback computes them after tc egress, over whatever we wrote),
+		 * so L4 damage would go unnoticed by anyone; the IPv4 header checksum is final, so
+		 * this corruption must be caught by the receiver's header check. */
+		__u32 off = ETH_HLEN + 4;
 		__u8 b;
 		if (bpf_skb_load_bytes(skb, off, &b, 1) == 0) {
 			b ^= 0xff;
