@@ -44,9 +44,22 @@ impl AcceptQueue {
     }
 
     /// How many sockets to keep armed: the SYNs one batch may take, within the backlog and the
-    /// room `room` left under the shard's connection limit.
+    /// room `room` left under the shard's connection limit. While handshakes are in flight,
+    /// that many extra sockets stay armed even with the backlog full: a new SYN then gets in and
+    /// the oldest half-open handshake makes way for it ([`AcceptQueue::trim`]), which is what
+    /// keeps a SYN flood from locking legitimate clients out.
     pub fn want(&self, depth: usize, backlog: usize, room: usize) -> usize {
-        depth.min(backlog.saturating_sub(self.queued())).min(room)
+        let spare = self.handshaking.len();
+        depth
+            .min(backlog.saturating_sub(self.queued()).max(spare))
+            .min(room)
+    }
+
+    /// Brings the queue back within `backlog` by dropping the oldest half-open handshakes;
+    /// returns how many went.
+    pub fn trim(&mut self, sockets: &mut SocketSet<'static>, backlog: usize) -> usize {
+        let over = self.queued().saturating_sub(backlog);
+        self.evict_oldest(sockets, over)
     }
 
     /// Arms or withdraws listening sockets until exactly `want` are armed.
@@ -322,24 +335,24 @@ mod tests {
         let mut q = AcceptQueue::default();
         q.arm(&mut net.sockets, 80, 3, socket);
         let t0 = net.now;
-        for (i, h) in q
-            .listening
-            .drain(..)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .enumerate()
-        {
+        let armed: Vec<_> = q.listening.drain(..).collect();
+        for (i, h) in armed.into_iter().enumerate() {
             q.handshaking
                 .push((h, t0 + Duration::from_millis(10 - i as u64)));
         }
         let oldest = q.handshaking[2].0;
-        assert_eq!(q.evict_oldest(&mut net.sockets, 1), 1);
+        // Backlog 2 with 3 half-open: the oldest goes.
+        assert_eq!(q.trim(&mut net.sockets, 2), 1);
         assert!(
             q.handshaking.iter().all(|&(h, _)| h != oldest),
             "the oldest went"
         );
-        assert_eq!(q.evict_oldest(&mut net.sockets, 10), 2);
+        // A full backlog of half-open handshakes still arms spares for new SYNs.
+        assert_eq!(q.want(8, 2, usize::MAX), 2);
+        assert_eq!(q.trim(&mut net.sockets, 0), 2);
         assert_eq!(q.queued(), 0);
+        // A full backlog of established connections arms nothing.
+        assert_eq!(q.want(8, 0, usize::MAX), 0);
     }
 
     #[test]

@@ -402,16 +402,6 @@ impl Core {
         let ports: Vec<u16> = self.listeners.keys().copied().collect();
         for port in ports {
             let mut listener = self.listeners.remove(&port).expect("listener");
-            // A queue full of half-open handshakes (a SYN flood) gives way: the oldest are
-            // dropped silently, so fresh SYNs, legitimate ones among them, still get in.
-            let unbounded = listener.queue.want(depth, usize::MAX, room);
-            let bounded = listener.queue.want(depth, backlog, room);
-            if bounded < unbounded {
-                let evicted = listener
-                    .queue
-                    .evict_oldest(&mut self.sockets, unbounded - bounded);
-                self.counters.syn_evicted += evicted as u64;
-            }
             let want = listener.queue.want(depth, backlog, room);
             room = room.saturating_sub(want);
             let cfg = &self.cfg;
@@ -432,6 +422,9 @@ impl Core {
             let t = l.queue.track(&mut self.sockets, now);
             moved |= t.moved;
             self.counters.passive_opens += t.established;
+            // SYNs that took the spare sockets pushed the queue over its bound: the oldest
+            // half-open handshakes make way (SYN flood defence).
+            self.counters.syn_evicted += l.queue.trim(&mut self.sockets, self.cfg.backlog) as u64;
         }
         moved
     }
