@@ -63,6 +63,9 @@ impl PinDir {
     pub(crate) fn create(&self) -> Result<(), SteerError> {
         let sysfs_bpf = Path::new("/sys/fs/bpf");
         if self.root.starts_with(sysfs_bpf) {
+            // Two loaders racing to mount would stack two bpffs, hiding the first one's pins.
+            let _lock = sys::lock_file(Path::new("/run/xsk-steer.mount.lock"))
+                .map_err(|e| SteerError::io("locking /run/xsk-steer.mount.lock", e))?;
             let on_bpffs =
                 sys::is_bpffs(sysfs_bpf).map_err(|e| SteerError::io("checking /sys/fs/bpf", e))?;
             if !on_bpffs {
@@ -89,12 +92,23 @@ impl PinDir {
                 ));
             }
         }
-        for d in [&self.root, &self.dir] {
-            if !d.exists() {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(d)
-                    .map_err(|e| SteerError::io(format!("creating {}", d.display()), e))?;
+        // Another attach/detach may remove an empty root at any moment (detach removes it when
+        // its last interface goes): create the whole path, and retry if it vanished midway.
+        let mut tries = 0;
+        loop {
+            match fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+            {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => tries += 1,
+                Err(e) => {
+                    return Err(SteerError::io(
+                        format!("creating {}", self.dir.display()),
+                        e,
+                    ))
+                }
             }
         }
         Ok(())

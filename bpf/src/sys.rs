@@ -67,6 +67,22 @@ pub fn mount_bpffs(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// An exclusive advisory lock on `path` (created if needed), held until the returned
+/// descriptor is dropped: serialises mounting bpffs between concurrent loaders.
+pub fn lock_file(path: &Path) -> io::Result<OwnedFd> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let fd = OwnedFd::from(file);
+    // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 /// Capabilities the control path needs, with their bit numbers.
 pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_NET_RAW: u32 = 13;
