@@ -5,8 +5,8 @@
 //! fault injector impairs it (and a tc-BPF program on the host's egress does the same to a
 //! kernel sender, for the comparison printed next to each result). Root only.
 //!
-//! Size per transfer: `IMPAIR_MB` (default 4, which keeps `make test` within minutes: under 5 %
-//! loss the stack's send path needs ~7 s per MB, see README). `IMPAIR_MB=50` is the full run;
+//! Size per transfer: `IMPAIR_MB` (default 4 here; `make test` and CI set 50, the full run:
+//! under 5 % loss the stack's send path needs ~7 s per MB, see README);
 //! `IMPAIR_ONLY=loss,mix` picks conditions by name prefix.
 
 use std::{
