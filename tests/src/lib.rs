@@ -143,8 +143,29 @@ impl WaitRef for std::process::Child {
     }
 }
 
+impl Service {
+    /// SIGKILL: no clean shutdown (its rules and control socket stay behind).
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Service {
+    /// A clean stop (SIGTERM, as an operator would), then SIGKILL if it has not exited in 3 s.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: signals our own child by its PID, which we have not reaped yet.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -229,6 +229,10 @@ impl Testbed {
         // Deleting the namespace deletes the peer, which deletes the host end with its XDP program.
         let _ = run("ip", &["netns", "del", ns]);
         let _ = run("ip", &["link", "del", &host_if]);
+        // Control sockets a killed service left for the host end.
+        for (_, sock) in xsk_stack::control::sockets_of(&host_if) {
+            let _ = std::fs::remove_file(sock);
+        }
         // Pins of an attachment to the host end outlive the interface; remove them too.
         let pins = steer_bpf::PinDir::new(None, &host_if);
         if pins.exists() {

@@ -181,7 +181,7 @@ fn killed_service_fails_open_and_a_restart_takes_the_flows_back() {
     })
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    drop(svc); // SIGKILL: no clean shutdown
+    svc.kill9(); // no clean shutdown
     let (ok, refused) = load.join().unwrap().unwrap();
     assert!(
         ok > 0 && refused > 0,

@@ -441,10 +441,13 @@ fn capture(
 fn service_stats(iface: &str) -> Vec<(u32, Result<serde_json::Value, String>)> {
     xsk_stack::control::sockets_of(iface)
         .into_iter()
-        .map(|(q, path)| {
-            let r = xsk_stack::control::request(&path, &serde_json::json!({"cmd": "stats"}))
-                .map_err(|e| format!("{}: {e}", path.display()));
-            (q, r)
+        .filter_map(|(q, path)| {
+            match xsk_stack::control::request(&path, &serde_json::json!({"cmd": "stats"})) {
+                Ok(v) => Some((q, Ok(v))),
+                // A socket file nobody listens on: left by a service that was killed.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => None,
+                Err(e) => Some((q, Err(format!("{}: {e}", path.display())))),
+            }
         })
         .collect()
 }
