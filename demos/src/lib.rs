@@ -134,3 +134,47 @@ impl Common {
         }
     }
 }
+
+/// Runs a TCP service: starts the stack, listens on `--port`, serves each connection with
+/// `handle` on its own thread until a signal, `--duration` or the stack stopping; returns the
+/// exit code. The "serving" line names the address (`scheme://ADDR/` when a scheme is given).
+pub fn serve_tcp(
+    common: &Common,
+    name: &str,
+    scheme: Option<&str>,
+    handle: fn(xsk_stack::TcpStream),
+) -> ExitCode {
+    let stack = match common.start(name) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let listener = match stack.tcp_listen(common.port) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let shown = scheme.map_or(addr.clone(), |s| format!("{s}://{addr}/"));
+    println!(
+        "{name}: serving {shown} on {} queue {}",
+        common.iface, common.queue
+    );
+    let label = name.to_string();
+    std::thread::spawn(move || loop {
+        match listener.accept() {
+            Ok((c, _)) => {
+                std::thread::spawn(move || handle(c));
+            }
+            Err(e) => {
+                eprintln!("{label}: accept: {e}");
+                break;
+            }
+        }
+    });
+    common.wait(&stack, name)
+}

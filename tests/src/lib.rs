@@ -170,3 +170,33 @@ impl Drop for Service {
         let _ = self.child.wait();
     }
 }
+
+/// Waits (up to 5 s) until every UMEM frame of `stack` is back in the free pool or the fill
+/// ring, and panics naming where the rest are otherwise.
+pub fn assert_frames_home(stack: &xsk_stack::Stack) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (f, total) = stack.frames().expect("stack running");
+        if f.stack == 0 && f.tx == 0 {
+            assert_eq!(f.free + f.kernel, total, "{f:?}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frames not all home: {f:?} of {total}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The MAC address of an interface in the calling thread's namespace (from sysfs).
+pub fn mac_of(iface: &str) -> [u8; 6] {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+        .expect("interface exists");
+    let v: Vec<u8> = s
+        .trim()
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).expect("hex"))
+        .collect();
+    v.try_into().expect("6 bytes")
+}

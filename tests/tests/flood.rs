@@ -75,15 +75,7 @@ fn syn_flood_keeps_memory_bounded_and_legitimate_clients_served() {
         .unwrap());
     let rss_before = rss_kib();
 
-    let host_mac: [u8; 6] = {
-        let s = std::fs::read_to_string(format!("/sys/class/net/{}/address", tb.host_if)).unwrap();
-        let v: Vec<u8> = s
-            .trim()
-            .split(':')
-            .map(|p| u8::from_str_radix(p, 16).unwrap())
-            .collect();
-        v.try_into().unwrap()
-    };
+    let host_mac = testbed::mac_of(&tb.host_if);
     let flooding = Arc::new(AtomicBool::new(true));
     let (f2, host, net, peer_if) = (
         flooding.clone(),
@@ -168,13 +160,5 @@ fn syn_flood_keeps_memory_bounded_and_legitimate_clients_served() {
         .unwrap();
     assert_eq!(after, 10, "all requests after the flood");
     assert!(stack.failure().is_none());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while stack.frames().map(|(f, _)| f.stack + f.tx).unwrap() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "frames not home: {:?}",
-            stack.frames()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    testbed::assert_frames_home(&stack);
 }

@@ -26,16 +26,6 @@ use xsk_stack::Stack;
 
 const K: u64 = 20;
 
-fn mac_of(path: &str) -> [u8; 6] {
-    let s = std::fs::read_to_string(path).unwrap();
-    let v: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// Rewrites the IPv4 header checksum after a deliberate change.
 fn fix_ip_checksum(f: &mut [u8], ip: usize) {
     let ihl = ((f[ip] & 0x0f) as usize * 4).max(20);
@@ -106,7 +96,7 @@ fn malformed_and_spoofed_frames_are_counted_and_harmless() {
     .unwrap();
     let client_port = port_rx.recv_timeout(Duration::from_secs(5)).unwrap();
 
-    let host_mac = mac_of(&format!("/sys/class/net/{}/address", tb.host_if));
+    let host_mac = testbed::mac_of(&tb.host_if);
     let (peer, host, peer_if) = (tb.peer_ip, tb.host_ip, tb.peer_if.clone());
     let corpus = spawn_in_netns(&tb.ns, move || {
         let raw = RawSender::open(&peer_if).unwrap();
@@ -362,13 +352,5 @@ fn malformed_and_spoofed_frames_are_counted_and_harmless() {
     .unwrap();
     assert_eq!(&again, b"after");
     assert!(stack.failure().is_none());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while stack.frames().map(|(f, _)| f.stack + f.tx).unwrap() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "frames not home: {:?}",
-            stack.frames()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    testbed::assert_frames_home(&stack);
 }

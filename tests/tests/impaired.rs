@@ -305,19 +305,7 @@ fn bulk_transfers_survive_impaired_links_byte_exact() {
             );
         }
         // Every frame home once the transfers are over.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (fr, _) = stack.frames().unwrap();
-            if fr.stack == 0 && fr.tx == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: frames not home: {fr:?}",
-                cond.name
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        testbed::assert_frames_home(&stack);
     }
     eprintln!(
         "\nIMPAIRED TRANSFERS ({} MB each):\n{}",

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testbed::{loader_ok, netns::in_netns, require_root, Testbed};
+use testbed::{assert_frames_home, loader_ok, netns::in_netns, require_root, Testbed};
 use xsk_stack::{Stack, StackBuilder, TcpListener, TcpStream};
 
 /// A testbed with the program attached on queue 3 (no static rules: the stack adds its own).
@@ -35,23 +35,6 @@ impl Bed {
     /// Runs `f` on a thread inside the peer namespace.
     fn peer<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         in_netns(&self.tb.ns, f).expect("enter netns")
-    }
-}
-
-/// Every UMEM frame is back in the free pool or the fill ring once traffic has stopped.
-fn assert_frames_home(stack: &Stack) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let (f, total) = stack.frames().expect("stack running");
-        if f.stack == 0 && f.tx == 0 {
-            assert_eq!(f.free + f.kernel, total, "{f:?}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "frames not all home: {f:?} of {total}"
-        );
-        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
 use clap::Parser;
 use demos::{
     http::{step, Step},
-    init_logging, Common,
+    init_logging, serve_tcp, Common,
 };
 
 #[derive(Parser)]
@@ -51,36 +51,5 @@ fn serve(mut c: xsk_stack::TcpStream) {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let stack = match cli.common.start("http-hello") {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let listener = match stack.tcp_listen(cli.common.port) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("http-hello: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!(
-        "http-hello: serving http://{}/ on {} queue {}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        cli.common.iface,
-        cli.common.queue
-    );
-    std::thread::spawn(move || loop {
-        match listener.accept() {
-            Ok((c, _)) => {
-                std::thread::spawn(move || serve(c));
-            }
-            Err(e) => {
-                eprintln!("http-hello: accept: {e}");
-                break;
-            }
-        }
-    });
-    cli.common.wait(&stack, "http-hello")
+    serve_tcp(&cli.common, "http-hello", Some("http"), serve)
 }

@@ -5,7 +5,7 @@ use std::{
 };
 
 use clap::Parser;
-use demos::{init_logging, Common};
+use demos::{init_logging, serve_tcp, Common};
 
 #[derive(Parser)]
 #[command(
@@ -17,55 +17,27 @@ struct Cli {
     common: Common,
 }
 
-fn main() -> ExitCode {
-    init_logging();
-    let cli = Cli::parse();
-    let stack = match cli.common.start("tcp-echo") {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let listener = match stack.tcp_listen(cli.common.port) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("tcp-echo: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!(
-        "tcp-echo: serving {} on {} queue {}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        cli.common.iface,
-        cli.common.queue
-    );
-    std::thread::spawn(move || loop {
-        match listener.accept() {
-            Ok((mut c, peer)) => {
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        match c.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                if c.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!(%peer, "read: {e}");
-                                break;
-                            }
-                        }
-                    }
-                });
+/// Echoes every byte until the peer closes.
+fn echo(mut c: xsk_stack::TcpStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
             }
             Err(e) => {
-                eprintln!("tcp-echo: accept: {e}");
+                tracing::debug!("read: {e}");
                 break;
             }
         }
-    });
-    cli.common.wait(&stack, "tcp-echo")
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    serve_tcp(&cli.common, "tcp-echo", None, echo)
 }
