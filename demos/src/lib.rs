@@ -1,7 +1,10 @@
 //! What the demo services share: the common flags, startup with a helpful error, logging, and a
 //! bounded run time.
+pub mod alloc_count;
 pub mod http;
 pub mod metrics;
+pub mod report;
+pub mod sockperf;
 
 use std::{process::ExitCode, time::Duration};
 

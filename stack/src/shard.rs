@@ -358,6 +358,20 @@ impl Core {
         changed || moved || self.dev.rx_backlog() > 0
     }
 
+    /// Run to completion on an application thread: after a call changed a socket, send what
+    /// it produced from this thread instead of waking the shard (which costs a wake-up and a
+    /// context switch per request). Returns whether the shard must still look: frames left in
+    /// the rx ring, or a timer due before its next timed wake-up.
+    pub(crate) fn poll_from_app(&mut self) -> bool {
+        let now = Instant::now();
+        let progress = self.poll(now);
+        let soon = self
+            .iface
+            .poll_delay(smol_now(self.start, now), &self.sockets)
+            .is_some_and(|d| d < smoltcp::time::Duration::from_millis(10));
+        progress || soon
+    }
+
     /// Keeps each listener's armed sockets topped up, within its backlog and the shard's
     /// connection limit; publishes the armed counts to the device for SYN accounting.
     /// Reports state changes to the hook and the logs, and counts resets.
@@ -399,19 +413,17 @@ impl Core {
         let open = self.open_connections();
         let mut room = self.cfg.max_connections.saturating_sub(open);
         let (depth, backlog) = (self.cfg.listen_depth, self.cfg.backlog);
-        let ports: Vec<u16> = self.listeners.keys().copied().collect();
-        for port in ports {
-            let mut listener = self.listeners.remove(&port).expect("listener");
+        // Runs on every poll: no allocation here (the fields are borrowed apart).
+        let cfg = &self.cfg;
+        for (&port, listener) in self.listeners.iter_mut() {
             let want = listener.queue.want(depth, backlog, room);
             room = room.saturating_sub(want);
-            let cfg = &self.cfg;
             listener
                 .queue
                 .arm(&mut self.sockets, port, want, || tcp_socket(cfg));
             self.dev
                 .listen_capacity
                 .insert(port, listener.queue.armed() as u32);
-            self.listeners.insert(port, listener);
         }
     }
 

@@ -61,14 +61,21 @@ pub(crate) fn block_on<T>(
     deadline: Option<Instant>,
     mut f: impl FnMut(&mut Core, &Waker) -> Option<io::Result<T>>,
 ) -> io::Result<T> {
-    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    thread_local! {
+        // One waker per thread for its whole life: no allocation per blocking call.
+        static WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    }
+    let waker = WAKER.with(Waker::clone);
     loop {
         {
             let mut g = shared.lock();
             let core = g.as_mut().ok_or_else(stopped)?;
             if let Some(r) = f(core, &waker) {
+                let shard_needed = core.poll_from_app();
                 drop(g);
-                shared.waker.wake();
+                if shard_needed {
+                    shared.waker.wake();
+                }
                 return r;
             }
         }
