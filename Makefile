@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deps build lint
+.PHONY: demo test deps build lint bench bench-quick
 
 deps:
 	bash scripts/install-deps.sh
@@ -24,3 +24,14 @@ test: build
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# Benchmarks (not tests): the stack against the kernel on one veth pair, release build, as root.
+# `make bench` runs the full suite (about 6 minutes) and rewrites BENCHMARKS.md and docs/benchmarks/*.svg;
+# `make bench-quick` takes under a minute and writes target/bench-quick/BENCHMARKS.md.
+bench: deps
+	cargo build --release --workspace --bins
+	target/release/bench
+
+bench-quick: deps
+	cargo build --release --workspace --bins
+	target/release/bench --quick

@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(clang llvm make gcc m4 pkg-config libelf-dev zlib1g-dev libbpf-dev libpcap-dev
       linux-libc-dev iproute2 ethtool iputils-ping netcat-openbsd curl apache2-utils
-      tcpdump bpftool)
+      tcpdump bpftool sockperf util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -42,5 +42,8 @@ unsafe impl GlobalAlloc for Counting {
 
 /// Allocations (including reallocations) and bytes requested since the process started.
 pub fn counts() -> (u64, u64) {
-    (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed))
+    (
+        ALLOCS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    )
 }

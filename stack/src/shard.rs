@@ -132,6 +132,8 @@ pub(crate) struct Core {
     pub hook: Option<ConnHook>,
     next_ephemeral: u16,
     last_maintenance: Instant,
+    /// An application thread's inline poll left work for the shard (see `flush_from_app`).
+    pub shard_needed: bool,
 }
 
 pub(crate) struct Shared {
@@ -139,6 +141,9 @@ pub(crate) struct Shared {
     pub waker: FdWaker,
     pub stop: AtomicBool,
     pub failure: Mutex<Option<String>>,
+    /// Busy-poll mode: an application thread blocked in a call is spinning on the queue itself
+    /// (at most one at a time), so the shard thread sleeps instead of spinning against it.
+    pub spinner: AtomicBool,
 }
 
 impl Shared {
@@ -286,6 +291,7 @@ impl Core {
             states: StateTracker::default(),
             hook: None,
             last_maintenance: start,
+            shard_needed: false,
         })
     }
 
@@ -362,14 +368,29 @@ impl Core {
     /// it produced from this thread instead of waking the shard (which costs a wake-up and a
     /// context switch per request). Returns whether the shard must still look: frames left in
     /// the rx ring, or a timer due before its next timed wake-up.
-    pub(crate) fn poll_from_app(&mut self) -> bool {
+    pub(crate) fn flush_from_app(&mut self) {
+        // Egress only: the lock is held for as short a time as possible (receiving and
+        // housekeeping stay with the shard, or the spinner in busy-poll mode).
         let now = Instant::now();
-        let progress = self.poll(now);
+        let inner = self.dev.inner.get_mut();
+        inner.now = now;
+        inner.xsk.reclaim();
+        let ts = smol_now(self.start, now);
+        self.iface.poll_egress(ts, &mut self.dev, &mut self.sockets);
+        let inner = self.dev.inner.get_mut();
+        inner.release_held_tx();
+        inner.xsk.flush();
+        let progress = self.dev.rx_backlog() > 0;
         let soon = self
             .iface
             .poll_delay(smol_now(self.start, now), &self.sockets)
             .is_some_and(|d| d < smoltcp::time::Duration::from_millis(10));
-        progress || soon
+        self.shard_needed |= progress || soon;
+    }
+
+    /// One busy-poll pass on an application thread (the shard's work, minus its sleeping).
+    pub(crate) fn spin_once(&mut self) {
+        self.poll(Instant::now());
     }
 
     /// Keeps each listener's armed sockets topped up, within its backlog and the shard's
@@ -637,10 +658,19 @@ fn run(shared: Arc<Shared>, xsk_fd: i32, busy: bool) {
                 .poll_delay(smol_now(core.start, Instant::now()), &core.sockets);
             (progress, delay)
         };
-        if progress || busy {
+        // While an application thread spins on the queue (busy-poll mode), the shard only keeps
+        // time: spinning too would fight it for the CPU, and sleeping on the XSK would wake the
+        // shard for every packet the spinner already handles.
+        let app_spinning = busy && shared.spinner.load(Ordering::Acquire);
+        if progress || (busy && !app_spinning) {
             if busy {
-                std::hint::spin_loop();
+                // Spinning, but never starving ksoftirqd or the application threads on this CPU.
+                std::thread::yield_now();
             }
+            continue;
+        }
+        if app_spinning {
+            shared.waker.wait(None, Some(Duration::from_millis(1)));
             continue;
         }
         // Sleep on the XSK fd (packets), the eventfd (application calls) or smoltcp's next
@@ -648,7 +678,7 @@ fn run(shared: Arc<Shared>, xsk_fd: i32, busy: bool) {
         let cap = Duration::from_millis(10);
         let d = delay.map_or(cap, |d| Duration::from_micros(d.total_micros()).min(cap));
         if !d.is_zero() {
-            shared.waker.wait(xsk_fd, Some(d));
+            shared.waker.wait(Some(xsk_fd), Some(d));
         }
     }
 }
@@ -810,6 +840,7 @@ impl StackBuilder {
             waker: FdWaker::new().map_err(|e| StackError::io("eventfd", e))?,
             stop: AtomicBool::new(false),
             failure: Mutex::new(None),
+            spinner: AtomicBool::new(false),
         });
         let control = match control_path {
             Some(p) => Some(ControlServer::start(p, Arc::downgrade(&shared))?),

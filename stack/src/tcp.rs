@@ -54,6 +54,50 @@ fn stopped_because(shared: &Shared) -> io::Error {
     }
 }
 
+/// Busy-poll mode: the blocked caller becomes the one thread spinning on the queue (like the
+/// kernel's SO_BUSY_POLL) until `f` is ready or a bounded spell ends. `None` when another thread
+/// is already spinning (the caller parks instead); `Some(None)` when the spell ended.
+fn spin<T>(
+    shared: &Shared,
+    deadline: Option<Instant>,
+    f: &mut impl FnMut(&mut Core, &Waker) -> Option<io::Result<T>>,
+    waker: &Waker,
+) -> Option<Option<io::Result<T>>> {
+    if shared
+        .spinner
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return None;
+    }
+    // A spell is bounded so that timeouts and the stop flag are seen.
+    let until = Instant::now() + Duration::from_millis(10);
+    let until = deadline.map_or(until, |d| d.min(until));
+    let mut out = None;
+    while Instant::now() < until && !shared.stop.load(Ordering::Acquire) {
+        {
+            let mut g = shared.lock();
+            let Some(core) = g.as_mut() else { break };
+            core.spin_once();
+            if let Some(r) = f(core, waker) {
+                let wake = std::mem::take(&mut core.shard_needed);
+                drop(g);
+                if wake {
+                    shared.waker.wake();
+                }
+                out = Some(r);
+                break;
+            }
+        }
+        // The lock is free between passes, for the other threads; and the CPU is offered to
+        // whatever else is runnable on it (above all ksoftirqd, which delivers our transmitted
+        // frames: a spinner that never yields delays them by a whole scheduler slice).
+        std::thread::yield_now();
+    }
+    shared.spinner.store(false, Ordering::Release);
+    Some(out)
+}
+
 /// Runs `f` under the core lock until it returns `Some`, parking the thread in between (woken by
 /// smoltcp's socket wakers or the shard, with a bounded nap as a safety net).
 pub(crate) fn block_on<T>(
@@ -67,16 +111,29 @@ pub(crate) fn block_on<T>(
     }
     let waker = WAKER.with(Waker::clone);
     loop {
-        {
+        let busy = {
             let mut g = shared.lock();
             let core = g.as_mut().ok_or_else(stopped)?;
             if let Some(r) = f(core, &waker) {
-                let shard_needed = core.poll_from_app();
+                let wake = std::mem::take(&mut core.shard_needed);
                 drop(g);
-                if shard_needed {
+                if wake {
                     shared.waker.wake();
                 }
                 return r;
+            }
+            core.cfg.busy_poll
+        };
+        if busy {
+            match spin(shared, deadline, &mut f, &waker) {
+                Some(Some(r)) => return r,
+                Some(None)
+                    if !shared.stop.load(Ordering::Acquire)
+                        && deadline.is_none_or(|d| Instant::now() < d) =>
+                {
+                    continue
+                }
+                Some(None) | None => {}
             }
         }
         if shared.stop.load(Ordering::Acquire) {
@@ -432,10 +489,16 @@ impl Read for TcpStream {
                 }
                 let s = core.sockets.get_mut::<tcp::Socket>(h);
                 if s.can_recv() {
-                    return Some(
-                        s.recv_slice(buf)
-                            .map_err(|e| io::Error::other(e.to_string())),
-                    );
+                    // A read that frees much of a nearly full buffer opens the window: send the
+                    // update now. Small reads leave it to the next poll (no cost per request).
+                    let was_full = 2 * s.recv_queue() >= s.recv_capacity();
+                    let r = s
+                        .recv_slice(buf)
+                        .map_err(|e| io::Error::other(e.to_string()));
+                    if was_full {
+                        core.flush_from_app();
+                    }
+                    return Some(r);
                 }
                 if !s.may_recv() {
                     // FIN received (CloseWait, LastAck, TimeWait, Closing) is a clean EOF; a socket
@@ -467,10 +530,12 @@ impl Write for TcpStream {
             |core, w| {
                 let s = core.sockets.get_mut::<tcp::Socket>(h);
                 if s.can_send() {
-                    return Some(
-                        s.send_slice(buf)
-                            .map_err(|e| io::Error::other(e.to_string())),
-                    );
+                    let r = s
+                        .send_slice(buf)
+                        .map_err(|e| io::Error::other(e.to_string()));
+                    // Send from this thread: no shard wake-up on the request's critical path.
+                    core.flush_from_app();
+                    return Some(r);
                 }
                 if !s.may_send() {
                     return Some(Err(closed_error(s.state())));

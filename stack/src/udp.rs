@@ -117,7 +117,10 @@ impl UdpSocket {
                     )));
                 }
                 match s.send_slice(buf, ep) {
-                    Ok(()) => Some(Ok(buf.len())),
+                    Ok(()) => {
+                        core.flush_from_app();
+                        Some(Ok(buf.len()))
+                    }
                     Err(udp::SendError::BufferFull) => {
                         s.register_send_waker(w);
                         None

@@ -3,6 +3,7 @@
 //! peer lives in the namespace, with its traffic steered onto a chosen RX queue of the host end.
 //! Drop removes everything, also when a test panics.
 
+pub mod bench;
 pub mod frames;
 pub mod impair;
 pub mod netns;

@@ -129,6 +129,60 @@ fn ten_megabytes_echo_byte_exact() {
     assert_frames_home(&stack);
 }
 
+/// Busy-poll mode: the blocked application threads take turns spinning on the queue (one at a
+/// time) and the shard stands back; data must still be exact on one big and many small
+/// connections, and a read timeout must still fire while nothing arrives.
+#[test]
+fn busy_poll_echoes_byte_exact_and_keeps_timeouts() {
+    if !require_root("busy_poll_echoes_byte_exact_and_keeps_timeouts") {
+        return;
+    }
+    let bed = Bed::new();
+    let stack = bed.builder().busy_poll(true).start().unwrap();
+    let _server = echo_server(stack.tcp_listen(7002).unwrap());
+    let to = bed.addr(7002);
+    let ok = bed.peer(move || {
+        let big = Arc::new(pattern(4 * 1024 * 1024, 7));
+        let s = KTcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+        let mut ok = echo_roundtrip(s, big.clone()) == *big;
+        let small: Vec<_> = (0..32u64)
+            .map(|i| {
+                thread::spawn(move || {
+                    let s = KTcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+                    let d = Arc::new(pattern(32 * 1024, i + 100));
+                    echo_roundtrip(s, d.clone()) == *d
+                })
+            })
+            .collect();
+        for c in small {
+            ok &= c.join().unwrap();
+        }
+        ok
+    });
+    assert!(ok, "an echo differed in busy-poll mode");
+    // A connection with nothing to read: the spinning reader must give up at its timeout.
+    let l = stack.tcp_listen(7003).unwrap();
+    let to = bed.addr(7003);
+    let client = bed.tb.ns.clone();
+    let _peer = testbed::netns::spawn_in_netns(&client, move || {
+        let s = KTcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+        thread::sleep(Duration::from_secs(3));
+        drop(s);
+    });
+    let (mut c, _) = l.accept_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let t = Instant::now();
+    let e = c.read(&mut [0u8; 16]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    assert!(
+        t.elapsed() >= Duration::from_millis(290) && t.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_frames_home(&stack);
+}
+
 #[test]
 fn two_hundred_concurrent_connections_echo() {
     if !require_root("two_hundred_concurrent_connections_echo") {

@@ -102,7 +102,20 @@ fn rr(
     let mut idle_conns = Vec::with_capacity(idle);
     let t0 = Instant::now();
     for i in 0..idle {
-        idle_conns.push(connect(to).map_err(|e| format!("idle connection {i}: {e}"))?);
+        // A server whose accept queue is full refuses (the stack answers RST where the kernel
+        // drops the SYN): back off and retry, as a client would.
+        let mut tries = 0;
+        let c = loop {
+            match connect(to) {
+                Ok(c) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 500 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(format!("idle connection {i}: {e}")),
+            }
+        };
+        idle_conns.push(c);
         if t0.elapsed() > Duration::from_secs(120) {
             return Err(format!("opening {idle} idle connections took over 120 s"));
         }
@@ -138,7 +151,8 @@ fn rr(
             })
         })
         .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut all =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
     let mut requests = 0;
     for w in workers {
         let (h, n) = w.join().map_err(|_| "a client thread panicked")??;
@@ -170,8 +184,10 @@ fn bulk_send(to: SocketAddr, d: Duration) -> Result<serde_json::Value, String> {
     }
     c.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
     let mut count = [0u8; 8];
-    c.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    c.read_exact(&mut count).map_err(|e| format!("reading the sink's count: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    c.read_exact(&mut count)
+        .map_err(|e| format!("reading the sink's count: {e}"))?;
     let secs = t.elapsed().as_secs_f64();
     let got = u64::from_le_bytes(count);
     if got != sent {
@@ -233,14 +249,23 @@ fn conn_rate(to: SocketAddr, threads: usize, d: Duration) -> Result<serde_json::
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Rr { to, conns, size, seconds, warmup, idle } => check_seconds(seconds)
+        Cmd::Rr {
+            to,
+            conns,
+            size,
+            seconds,
+            warmup,
+            idle,
+        } => check_seconds(seconds)
             .and_then(|m| Ok((m, check_seconds(warmup)?)))
             .and_then(|(m, w)| rr(to, conns, size, m, w, idle)),
         Cmd::BulkSend { to, seconds } => check_seconds(seconds).and_then(|d| bulk_send(to, d)),
         Cmd::BulkRecv { to, seconds } => check_seconds(seconds).and_then(|d| bulk_recv(to, d)),
-        Cmd::ConnRate { to, threads, seconds } => {
-            check_seconds(seconds).and_then(|d| conn_rate(to, threads, d))
-        }
+        Cmd::ConnRate {
+            to,
+            threads,
+            seconds,
+        } => check_seconds(seconds).and_then(|d| conn_rate(to, threads, d)),
     };
     match r {
         Ok(v) => {

@@ -41,9 +41,13 @@ struct Cli {
     /// Stack: pin the shard thread to this CPU (pin the whole process with taskset).
     #[arg(long)]
     cpu: Option<usize>,
-    /// Stack: TCP receive and send buffer per connection, bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    /// Stack: TCP receive and send buffer per connection, bytes (the window; the kernel
+    /// autotunes its own up to several MiB).
+    #[arg(long, default_value_t = 1024 * 1024)]
     tcp_buffer: usize,
+    /// Stack: accept queue bound per listener (past it, SYNs are refused with RST).
+    #[arg(long, default_value_t = 1024)]
+    backlog: usize,
     /// Stack: open connections allowed.
     #[arg(long, default_value_t = 20_000)]
     max_connections: usize,
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
                 .cpu(cli.cpu)
                 .tcp_buffers(cli.tcp_buffer, cli.tcp_buffer)
                 .max_connections(cli.max_connections)
+                .backlog(cli.backlog)
                 .start();
             match r {
                 Ok(s) => Some(s),

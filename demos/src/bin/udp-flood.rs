@@ -37,7 +37,12 @@ struct Cli {
 }
 
 /// Sends `n` copies of `payload` to `to` in one sendmmsg; returns how many went.
-fn send_batch(sock: &UdpSocket, to: &SocketAddrV4, payload: &[u8], n: usize) -> std::io::Result<usize> {
+fn send_batch(
+    sock: &UdpSocket,
+    to: &SocketAddrV4,
+    payload: &[u8],
+    n: usize,
+) -> std::io::Result<usize> {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: to.port().to_be(),
@@ -114,7 +119,12 @@ fn main() -> ExitCode {
         }
         match send_batch(&socks[i % socks.len()], &cli.to, &payload, cli.batch) {
             Ok(n) => sent += n as u64,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == std::io::ErrorKind::WouldBlock => errors += 1,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOBUFS)
+                    || e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                errors += 1
+            }
             Err(e) => {
                 eprintln!("udp-flood: error: sendmmsg: {e}");
                 return ExitCode::FAILURE;

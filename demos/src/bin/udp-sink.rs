@@ -167,7 +167,10 @@ fn main() -> ExitCode {
             Some(stack)
         }
     };
-    println!("udp-sink: serving udp port {} on {:?}", cli.port, cli.backend);
+    println!(
+        "udp-sink: serving udp port {} on {:?}",
+        cli.port, cli.backend
+    );
     if serve_until_signalled(stack.as_ref(), cli.duration, "udp-sink") {
         ExitCode::SUCCESS
     } else {

@@ -38,11 +38,12 @@ impl Waker {
         let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 
-    /// Sleeps until `xsk` is readable, the waker fires or `timeout` passes.
-    pub fn wait(&self, xsk: RawFd, timeout: Option<Duration>) {
+    /// Sleeps until `xsk` (when given) is readable, the waker fires or `timeout` passes.
+    pub fn wait(&self, xsk: Option<RawFd>, timeout: Option<Duration>) {
         let mut fds = [
             libc::pollfd {
-                fd: xsk,
+                // poll(2) skips negative descriptors.
+                fd: xsk.unwrap_or(-1),
                 events: libc::POLLIN,
                 revents: 0,
             },
