@@ -42,6 +42,9 @@ enum Cmd {
         /// Connections opened first and left idle for the whole run.
         #[arg(long, default_value_t = 0)]
         idle: usize,
+        /// Measure this many times over the same idle connections (one JSON line each).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Streams to a sink for SECONDS, then reads back the count it received: Gbit/s.
     BulkSend {
@@ -95,7 +98,11 @@ fn rr(
     measure: Duration,
     warmup: Duration,
     idle: usize,
-) -> Result<serde_json::Value, String> {
+    repeat: usize,
+) -> Result<Vec<serde_json::Value>, String> {
+    if !(1..=100).contains(&repeat) {
+        return Err("--repeat must be 1..=100".into());
+    }
     if conns == 0 || conns > 4096 || size == 0 || size > 65536 {
         return Err("--conns must be 1..=4096 and --size 1..=65536".into());
     }
@@ -121,6 +128,31 @@ fn rr(
         }
     }
     let open_idle_s = t0.elapsed().as_secs_f64();
+    let mut lines = Vec::new();
+    for _ in 0..repeat {
+        lines.push(rr_once(
+            to,
+            conns,
+            size,
+            measure,
+            warmup,
+            idle,
+            open_idle_s,
+        )?);
+    }
+    drop(idle_conns);
+    Ok(lines)
+}
+
+fn rr_once(
+    to: SocketAddr,
+    conns: usize,
+    size: usize,
+    measure: Duration,
+    warmup: Duration,
+    idle: usize,
+    open_idle_s: f64,
+) -> Result<serde_json::Value, String> {
     let start = Instant::now() + Duration::from_millis(50);
     let (measure_from, end) = (start + warmup, start + warmup + measure);
     let workers: Vec<_> = (0..conns)
@@ -159,7 +191,6 @@ fn rr(
         all.add(&h).map_err(|e| e.to_string())?;
         requests += n;
     }
-    drop(idle_conns);
     let us = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     let cdf: Vec<(f64, f64)> = QUANTILES.iter().map(|&q| (q, us(q))).collect();
     Ok(json!({
@@ -256,16 +287,30 @@ fn main() -> ExitCode {
             seconds,
             warmup,
             idle,
+            repeat,
         } => check_seconds(seconds)
             .and_then(|m| Ok((m, check_seconds(warmup)?)))
-            .and_then(|(m, w)| rr(to, conns, size, m, w, idle)),
-        Cmd::BulkSend { to, seconds } => check_seconds(seconds).and_then(|d| bulk_send(to, d)),
-        Cmd::BulkRecv { to, seconds } => check_seconds(seconds).and_then(|d| bulk_recv(to, d)),
+            .and_then(|(m, w)| rr(to, conns, size, m, w, idle, repeat))
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
+        Cmd::BulkSend { to, seconds } => check_seconds(seconds)
+            .and_then(|d| bulk_send(to, d))
+            .map(|v| v.to_string()),
+        Cmd::BulkRecv { to, seconds } => check_seconds(seconds)
+            .and_then(|d| bulk_recv(to, d))
+            .map(|v| v.to_string()),
         Cmd::ConnRate {
             to,
             threads,
             seconds,
-        } => check_seconds(seconds).and_then(|d| conn_rate(to, threads, d)),
+        } => check_seconds(seconds)
+            .and_then(|d| conn_rate(to, threads, d))
+            .map(|v| v.to_string()),
     };
     match r {
         Ok(v) => {

@@ -17,9 +17,10 @@ pub struct Server {
 impl Server {
     /// Starts `bin args` pinned to `cpu` and waits for its "serving" line.
     pub fn start(cpu: usize, bin: &str, args: &[String]) -> Result<Self, String> {
-        let mut child = Command::new("taskset")
-            .args(["-c", &cpu.to_string(), bin])
-            .args(args)
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &cpu.to_string(), bin]).args(args);
+        die_with_parent(&mut cmd);
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -84,6 +85,21 @@ impl Server {
     }
 }
 
+/// The child gets SIGTERM when the suite dies (Ctrl-C included): no server outlives it.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(2) is async-signal-safe and touches only the child's own state.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: signals our own child by its PID; it is not reaped while `child` lives.
     #[allow(unsafe_code)]
@@ -109,11 +125,11 @@ impl Drop for Server {
 /// Runs `bin args` in namespace `ns` pinned to `cpu`; returns its stdout, or its stderr as the
 /// error. Every client the suite runs is bounded in time by its own arguments.
 pub fn client(ns: &str, cpu: usize, bin: &str, args: &[String]) -> Result<String, String> {
-    let o = Command::new("ip")
-        .args(["netns", "exec", ns, "taskset", "-c", &cpu.to_string(), bin])
-        .args(args)
-        .output()
-        .map_err(|e| format!("running {bin}: {e}"))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "taskset", "-c", &cpu.to_string(), bin])
+        .args(args);
+    die_with_parent(&mut cmd);
+    let o = cmd.output().map_err(|e| format!("running {bin}: {e}"))?;
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     if !o.status.success() {
         return Err(format!(

@@ -91,6 +91,18 @@ fn main() {
         steer_queue: 3,
         generic: false,
     });
+    // Ctrl-C or SIGTERM: remove the testbed before going (the servers die with us).
+    let ns = tb.ns.clone();
+    std::thread::spawn(move || {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        if let Ok(mut s) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            if let Some(sig) = s.forever().next() {
+                eprintln!("bench: signal {sig}: removing testbed {ns}");
+                Testbed::remove(&ns);
+                std::process::exit(130);
+            }
+        }
+    });
     loader_ok(&["attach", &tb.host_if, "--queue", "3", "--mode", "native"]);
     // Many short connections from the client: a wide port range, and TIME_WAIT ports reused.
     tb.ns_ok(
