@@ -17,7 +17,7 @@ use crate::{
     faults::{Fault, Faults},
     l2::{KernelNeighbours, L2Miss, L2},
     sys::xsk::{self as xsk_sys, Xsk},
-    wire::{self, RxDrop, RxKind, TxKind, TCP_ACK, TCP_RST, TCP_SYN},
+    wire::{self, RxDrop, RxKind, TxKind, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const ETH_HLEN: usize = 14;
@@ -92,6 +92,9 @@ pub(crate) struct DeviceInner {
     /// Highest sequence number sent per flow (local port, remote address, remote port), to
     /// tell retransmissions apart.
     snd_max: HashMap<(u16, [u8; 4], u16), u32>,
+    /// A TCP segment with SYN, FIN or RST went through since the shard last looked: the only
+    /// segments that change connection states (timers aside), so the only reason to scan them.
+    pub ctl_seen: bool,
     pub capture: Option<Capture>,
     /// The fault injector, if a test asked for one.
     pub faults: Option<Faults>,
@@ -137,6 +140,7 @@ impl DeviceInner {
                 flags,
             } => {
                 self.counters.tcp_out_segs += 1;
+                self.ctl_seen |= flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
                 if flags & TCP_RST != 0 {
                     self.counters.tcp_out_rsts += 1;
                 } else if seq_len > 0 {
@@ -209,6 +213,7 @@ impl XskDevice {
                 our_mac,
                 scratch: vec![0; mtu + ETH_HLEN],
                 snd_max: HashMap::new(),
+                ctl_seen: false,
                 capture: None,
                 last_capture: None,
                 faults: None,
@@ -284,10 +289,12 @@ impl XskDevice {
 
     /// Accounts one valid packet; returns false if it must be dropped here (UDP socket full).
     fn admit(&mut self, kind: RxKind) -> bool {
-        let counters = &mut self.inner.get_mut().counters;
+        let inner = self.inner.get_mut();
+        let counters = &mut inner.counters;
         match kind {
             RxKind::Tcp { dst_port, flags } => {
                 counters.tcp_in_segs += 1;
+                inner.ctl_seen |= flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
                 if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
                     if let Some(cap) = self.listen_capacity.get_mut(&dst_port) {
                         if *cap == 0 {

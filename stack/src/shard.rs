@@ -144,11 +144,37 @@ pub(crate) struct Shared {
     /// Busy-poll mode: an application thread blocked in a call is spinning on the queue itself
     /// (at most one at a time), so the shard thread sleeps instead of spinning against it.
     pub spinner: AtomicBool,
+    /// The stack is going down: blocked calls return instead of waiting again.
+    pub closing: AtomicBool,
+    /// The AF_XDP socket, which an application thread serving the queue sleeps on.
+    pub xsk_fd: i32,
+    /// What that thread also sleeps on: its socket's wake-ups arrive here (registered through
+    /// `poller_waker`), so a packet that the shard happened to process is not missed.
+    pub poller_wake: Arc<FdWaker>,
+    pub poller_waker: std::task::Waker,
 }
 
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, Option<Core>> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Going down: every blocked call returns. Closing a socket fires its smoltcp wakers, so
+    /// each parked thread wakes, sees `closing` and gives up (instead of sleeping out its nap).
+    /// TCP sockets close gracefully (FIN, sent by the polls that follow) unless `abort`; UDP
+    /// sockets are closed only when `udp` (a clean stop lets their queued datagrams out first).
+    fn close_all(&self, abort: bool, udp: bool) {
+        self.closing.store(true, Ordering::Release);
+        if let Some(core) = self.lock().as_mut() {
+            for (_, s) in core.sockets.iter_mut() {
+                match s {
+                    smoltcp::socket::Socket::Tcp(t) if abort => t.abort(),
+                    smoltcp::socket::Socket::Tcp(t) => t.close(),
+                    smoltcp::socket::Socket::Udp(u) if udp => u.close(),
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
@@ -350,10 +376,19 @@ impl Core {
         }
         self.collect_udp_room();
         let moved = self.track_listeners(now);
-        if changed || moved {
+        // Both below walk every connection: O(n) per poll would make each request's cost grow
+        // with the number of idle connections. States are scanned when a SYN, FIN or RST went
+        // through (or the accept queues moved); everything else (timers: TIME-WAIT, retries,
+        // idle and handshake timeouts, freeing orphans) waits for maintenance, whose interval
+        // grows with the connection count (10 ms, plus 10 µs per connection).
+        let ctl = std::mem::take(&mut self.dev.inner.get_mut().ctl_seen);
+        let interval =
+            Duration::from_millis(10) + Duration::from_micros(10 * self.conns.len() as u64);
+        let maintenance = now.duration_since(self.last_maintenance) >= interval;
+        if ctl || moved || maintenance {
             self.scan_states();
         }
-        if now.duration_since(self.last_maintenance) >= Duration::from_millis(10) {
+        if maintenance {
             self.last_maintenance = now;
             self.expire(now);
         }
@@ -388,9 +423,10 @@ impl Core {
         self.shard_needed |= progress || soon;
     }
 
-    /// One busy-poll pass on an application thread (the shard's work, minus its sleeping).
-    pub(crate) fn spin_once(&mut self) {
-        self.poll(Instant::now());
+    /// One pass of the shard's work on an application thread serving the queue; returns
+    /// whether there is more to do at once.
+    pub(crate) fn serve_once(&mut self) -> bool {
+        self.poll(Instant::now())
     }
 
     /// Keeps each listener's armed sockets topped up, within its backlog and the shard's
@@ -631,6 +667,19 @@ fn lost_attachment(core: &Core) -> Option<String> {
     None
 }
 
+/// A smoltcp waker that writes to an eventfd (for the thread serving the queue, which sleeps
+/// in poll(2) rather than parking).
+struct EfdWake(Arc<FdWaker>);
+
+impl std::task::Wake for EfdWake {
+    fn wake(self: Arc<Self>) {
+        self.0.wake();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wake();
+    }
+}
+
 /// The shard thread's loop.
 fn run(shared: Arc<Shared>, xsk_fd: i32, busy: bool) {
     let mut last_check = Instant::now();
@@ -645,6 +694,7 @@ fn run(shared: Arc<Shared>, xsk_fd: i32, busy: bool) {
                 tracing::error!("{why}");
                 *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 shared.stop.store(true, Ordering::Release);
+                shared.close_all(true, true);
                 break;
             }
         }
@@ -658,25 +708,29 @@ fn run(shared: Arc<Shared>, xsk_fd: i32, busy: bool) {
                 .poll_delay(smol_now(core.start, Instant::now()), &core.sockets);
             (progress, delay)
         };
-        // While an application thread spins on the queue (busy-poll mode), the shard only keeps
-        // time: spinning too would fight it for the CPU, and sleeping on the XSK would wake the
-        // shard for every packet the spinner already handles.
-        let app_spinning = busy && shared.spinner.load(Ordering::Acquire);
-        if progress || (busy && !app_spinning) {
+        // While an application thread serves the queue (blocked in a call), the shard only
+        // keeps time: spinning too would fight it for the CPU, and sleeping on the XSK would
+        // wake the shard for every packet that thread already handles.
+        let app_serving = shared.spinner.load(Ordering::Acquire);
+        if progress || (busy && !app_serving) {
             if busy {
                 // Spinning, but never starving ksoftirqd or the application threads on this CPU.
                 std::thread::yield_now();
             }
             continue;
         }
-        if app_spinning {
-            shared.waker.wait(None, Some(Duration::from_millis(1)));
+        let cap = Duration::from_millis(10);
+        let d = delay.map_or(cap, |d| Duration::from_micros(d.total_micros()).min(cap));
+        if app_serving {
+            // Back on watch within a millisecond of the last serving thread leaving.
+            let d = d.min(Duration::from_millis(5));
+            if !d.is_zero() {
+                shared.waker.wait(None, Some(d));
+            }
             continue;
         }
         // Sleep on the XSK fd (packets), the eventfd (application calls) or smoltcp's next
         // timer, whichever comes first; a ceiling keeps housekeeping (timeouts) going.
-        let cap = Duration::from_millis(10);
-        let d = delay.map_or(cap, |d| Duration::from_micros(d.total_micros()).min(cap));
         if !d.is_zero() {
             shared.waker.wait(Some(xsk_fd), Some(d));
         }
@@ -835,12 +889,17 @@ impl StackBuilder {
             core.start_capture(spec)?;
         }
         let xsk_fd = core.dev.inner.borrow().xsk.fd();
+        let poller_wake = Arc::new(FdWaker::new().map_err(|e| StackError::io("eventfd", e))?);
         let shared = Arc::new(Shared {
             core: Mutex::new(Some(core)),
             waker: FdWaker::new().map_err(|e| StackError::io("eventfd", e))?,
             stop: AtomicBool::new(false),
             failure: Mutex::new(None),
             spinner: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            xsk_fd,
+            poller_wake: poller_wake.clone(),
+            poller_waker: std::task::Waker::from(Arc::new(EfdWake(poller_wake))),
         });
         let control = match control_path {
             Some(p) => Some(ControlServer::start(p, Arc::downgrade(&shared))?),
@@ -975,16 +1034,11 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         drop(self.control.take());
-        // Let FINs for closed sockets go out: a few polls, bounded.
-        if let Some(core) = self.shared.lock().as_mut() {
-            for (_, s) in core.sockets.iter_mut() {
-                if let smoltcp::socket::Socket::Tcp(t) = s {
-                    t.close();
-                }
-            }
-        }
+        // Let FINs for closed sockets (and queued datagrams) go out: a few polls, bounded.
+        self.shared.close_all(false, false);
         self.shared.waker.wake();
         std::thread::sleep(Duration::from_millis(20));
+        self.shared.close_all(false, true);
         self.shared.stop.store(true, Ordering::Release);
         self.shared.waker.wake();
         if let Some(t) = self.thread.take() {

@@ -25,13 +25,31 @@ use crate::{
 
 struct ThreadWaker(Thread);
 
+/// Parked threads woken so far; the thread serving the queue watches it to see whether the
+/// packets it handled were for someone else.
+static PARKED_WAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Wake for ThreadWaker {
     fn wake(self: Arc<Self>) {
-        self.0.unpark();
+        self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
+        PARKED_WAKES.fetch_add(1, Ordering::Relaxed);
         self.0.unpark();
     }
+}
+
+/// How a spell of serving the queue ended.
+enum Served<T> {
+    /// The caller's call completed.
+    Ready(io::Result<T>),
+    /// The spell ran out (or the stack is stopping): look again.
+    SpellEnded,
+    /// The packets were for other threads, now woken: one of them takes over the queue when it
+    /// next blocks (its own packets then reach it with no hop), and the caller parks.
+    HandedOver,
+    /// Another thread serves the queue: the caller parks.
+    Taken,
 }
 
 fn stopped() -> io::Error {
@@ -54,48 +72,79 @@ fn stopped_because(shared: &Shared) -> io::Error {
     }
 }
 
-/// Busy-poll mode: the blocked caller becomes the one thread spinning on the queue (like the
-/// kernel's SO_BUSY_POLL) until `f` is ready or a bounded spell ends. `None` when another thread
-/// is already spinning (the caller parks instead); `Some(None)` when the spell ended.
-fn spin<T>(
+/// Run to completion for a blocked call: the caller becomes the one thread serving the queue
+/// (at most one at a time) until `f` is ready or a bounded spell ends, so the packet that
+/// completes its call is handled on its own thread, with no hop through the shard. In
+/// busy-poll mode it spins (like the kernel's SO_BUSY_POLL); otherwise it sleeps on the XSK
+/// descriptor between passes.
+fn serve_queue<T>(
     shared: &Shared,
     deadline: Option<Instant>,
+    busy: bool,
     f: &mut impl FnMut(&mut Core, &Waker) -> Option<io::Result<T>>,
     waker: &Waker,
-) -> Option<Option<io::Result<T>>> {
+) -> Served<T> {
     if shared
         .spinner
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
-        return None;
+        return Served::Taken;
     }
-    // A spell is bounded so that timeouts and the stop flag are seen.
-    let until = Instant::now() + Duration::from_millis(10);
+    // A spell is bounded so that the stop flag, and wake-ups that do not come with a packet
+    // (a timer or another thread acting on this socket), are seen.
+    let spell = Duration::from_millis(if busy { 10 } else { 20 });
+    let until = Instant::now() + spell;
     let until = deadline.map_or(until, |d| d.min(until));
-    let mut out = None;
-    while Instant::now() < until && !shared.stop.load(Ordering::Acquire) {
-        {
+    let mut out = Served::SpellEnded;
+    loop {
+        let now = Instant::now();
+        if now >= until || shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        let more = {
             let mut g = shared.lock();
             let Some(core) = g.as_mut() else { break };
-            core.spin_once();
-            if let Some(r) = f(core, waker) {
+            let woken_before = PARKED_WAKES.load(Ordering::Relaxed);
+            let more = core.serve_once();
+            let woke_others = PARKED_WAKES.load(Ordering::Relaxed) != woken_before;
+            // Sleeping, this thread waits in poll(2), not parked: its socket's wake-ups go to
+            // the eventfd it sleeps on (a spinner needs none).
+            let w = if busy { waker } else { &shared.poller_waker };
+            if let Some(r) = f(core, w) {
                 let wake = std::mem::take(&mut core.shard_needed);
                 drop(g);
                 if wake {
                     shared.waker.wake();
                 }
-                out = Some(r);
+                out = Served::Ready(r);
                 break;
             }
+            if woke_others && !busy {
+                out = Served::HandedOver;
+                break;
+            }
+            more
+        };
+        if more {
+            continue;
         }
-        // The lock is free between passes, for the other threads; and the CPU is offered to
-        // whatever else is runnable on it (above all ksoftirqd, which delivers our transmitted
-        // frames: a spinner that never yields delays them by a whole scheduler slice).
-        std::thread::yield_now();
+        if busy {
+            // The lock is free between passes, for the other threads; and the CPU is offered
+            // to whatever else is runnable on it (above all ksoftirqd, which delivers our
+            // transmitted frames: a spinner that never yields delays them by a scheduler slice).
+            std::thread::yield_now();
+        } else {
+            shared
+                .poller_wake
+                .wait(Some(shared.xsk_fd), Some(until - now));
+        }
     }
+    // No wake-up for the shard here: it checks every millisecond whether someone still serves
+    // the queue (waking it on every return would put it on the CPU right when this thread
+    // sends its response).
     shared.spinner.store(false, Ordering::Release);
-    Some(out)
+    out
 }
 
 /// Runs `f` under the core lock until it returns `Some`, parking the thread in between (woken by
@@ -110,6 +159,7 @@ pub(crate) fn block_on<T>(
         static WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
     }
     let waker = WAKER.with(Waker::clone);
+    let mut serve = true;
     loop {
         let busy = {
             let mut g = shared.lock();
@@ -124,22 +174,33 @@ pub(crate) fn block_on<T>(
             }
             core.cfg.busy_poll
         };
-        if busy {
-            match spin(shared, deadline, &mut f, &waker) {
-                Some(Some(r)) => return r,
-                Some(None)
+        if serve {
+            match serve_queue(shared, deadline, busy, &mut f, &waker) {
+                Served::Ready(r) => return r,
+                Served::SpellEnded
                     if !shared.stop.load(Ordering::Acquire)
+                        && !shared.closing.load(Ordering::Acquire)
                         && deadline.is_none_or(|d| Instant::now() < d) =>
                 {
                     continue
                 }
-                Some(None) | None => {}
+                Served::HandedOver => {
+                    // Register this thread's own waker again (serving registered the eventfd
+                    // one), then park.
+                    serve = false;
+                    continue;
+                }
+                Served::SpellEnded | Served::Taken => {}
             }
         }
-        if shared.stop.load(Ordering::Acquire) {
+        serve = true;
+        if shared.stop.load(Ordering::Acquire) || shared.closing.load(Ordering::Acquire) {
             return Err(stopped_because(shared));
         }
-        let nap = Duration::from_millis(50);
+        // Wakers are reliable; the nap only bounds how long a lost wake-up (or the stop flag)
+        // could go unseen. Short naps cost dearly with many blocked threads (10 000 idle
+        // connections napping every 50 ms is 200 000 wake-ups and lock takes a second).
+        let nap = Duration::from_secs(1);
         match deadline {
             Some(d) => {
                 let now = Instant::now();

@@ -270,8 +270,16 @@ impl Xsk {
                 self.tx_pending.drain(..done);
             }
         }
-        // Copy mode transmits only on sendto(); with need_wakeup the kernel tells us when.
-        if !self.tx_pending.is_empty() || self.tx.needs_wakeup() || !self.zero_copy {
+        // Copy mode transmits only on sendto(), so kick while frames are in flight (queued or in
+        // the ring, not yet completed); never with none (a syscall per poll on a receive-only
+        // load). Zero-copy: the kernel says when through need_wakeup.
+        let in_flight = self.ledger.counts().tx > 0;
+        let kick = if self.zero_copy {
+            !self.tx_pending.is_empty() || self.tx.needs_wakeup()
+        } else {
+            in_flight
+        };
+        if kick {
             let _ = self.tx.wakeup();
         }
         self.reclaim();

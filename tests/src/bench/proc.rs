@@ -144,8 +144,17 @@ pub fn client(ns: &str, cpu: usize, bin: &str, args: &[String]) -> Result<String
 
 /// Busy and total CPU ticks of the whole machine (/proc/stat), for CPU time per packet.
 pub fn cpu_ticks() -> (u64, u64) {
+    ticks_of("cpu ")
+}
+
+/// Busy and total CPU ticks of one CPU.
+pub fn cpu_ticks_of(cpu: usize) -> (u64, u64) {
+    ticks_of(&format!("cpu{cpu} "))
+}
+
+fn ticks_of(prefix: &str) -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
+    let Some(line) = s.lines().find(|l| l.starts_with(prefix)) else {
         return (0, 0);
     };
     let v: Vec<u64> = line
