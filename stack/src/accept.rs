@@ -68,14 +68,16 @@ impl AcceptQueue {
         sockets: &mut SocketSet<'static>,
         port: u16,
         want: usize,
-        mut make: impl FnMut() -> tcp::Socket<'static>,
+        mut make: impl FnMut(&mut SocketSet<'static>) -> SocketHandle,
     ) {
         while self.listening.len() < want {
-            let mut s = make();
-            if s.listen(port).is_err() {
+            // A closed socket in the set: fresh, or recycled from a finished connection.
+            let h = make(sockets);
+            if sockets.get_mut::<tcp::Socket>(h).listen(port).is_err() {
+                sockets.remove(h);
                 break;
             }
-            self.listening.push(sockets.add(s));
+            self.listening.push(h);
         }
         while self.listening.len() > want {
             if let Some(h) = self.listening.pop() {
@@ -251,7 +253,7 @@ mod tests {
         room: usize,
     ) -> Tracked {
         let want = q.want(depth, backlog, room);
-        q.arm(&mut net.sockets, 80, want, socket);
+        q.arm(&mut net.sockets, 80, want, |s| s.add(socket()));
         net.step();
         q.track(&mut net.sockets, net.now)
     }
@@ -333,7 +335,7 @@ mod tests {
     fn a_full_queue_of_handshakes_gives_way_oldest_first() {
         let mut net = Net::new();
         let mut q = AcceptQueue::default();
-        q.arm(&mut net.sockets, 80, 3, socket);
+        q.arm(&mut net.sockets, 80, 3, |s| s.add(socket()));
         let t0 = net.now;
         let armed: Vec<_> = q.listening.drain(..).collect();
         for (i, h) in armed.into_iter().enumerate() {
@@ -359,7 +361,7 @@ mod tests {
     fn slow_handshakes_expire() {
         let mut net = Net::new();
         let mut q = AcceptQueue::default();
-        q.arm(&mut net.sockets, 80, 1, socket);
+        q.arm(&mut net.sockets, 80, 1, |s| s.add(socket()));
         // Fake a socket stuck in SYN-RECEIVED: a client that never completes the handshake is
         // modelled by moving the armed socket into the handshake list directly.
         let h = q.listening.pop().unwrap();

@@ -148,10 +148,14 @@ fn serve_queue<T>(
 }
 
 /// Runs `f` under the core lock until it returns `Some`, parking the thread in between (woken by
-/// smoltcp's socket wakers or the shard, with a bounded nap as a safety net).
+/// smoltcp's socket wakers or the shard, with a bounded nap as a safety net). With `may_serve`
+/// (data calls: read, write, send, receive) the caller may serve the queue itself while it
+/// waits; accept and connect never do (an accepting thread serving a SYN flood would hand every
+/// connection's first bytes through itself, and leave the queue unserved while it spawns).
 pub(crate) fn block_on<T>(
     shared: &Shared,
     deadline: Option<Instant>,
+    may_serve: bool,
     mut f: impl FnMut(&mut Core, &Waker) -> Option<io::Result<T>>,
 ) -> io::Result<T> {
     thread_local! {
@@ -174,7 +178,7 @@ pub(crate) fn block_on<T>(
             }
             core.cfg.busy_poll
         };
-        if serve {
+        if serve && may_serve {
             match serve_queue(shared, deadline, busy, &mut f, &waker) {
                 Served::Ready(r) => return r,
                 Served::SpellEnded
@@ -292,7 +296,7 @@ impl Stack {
             read_timeout: None,
             write_timeout: None,
         };
-        let r = block_on(&self.shared, deadline, |core, w| {
+        let r = block_on(&self.shared, deadline, false, |core, w| {
             let s = core.sockets.get_mut::<tcp::Socket>(h);
             match s.state() {
                 tcp::State::SynSent | tcp::State::SynReceived => {
@@ -342,7 +346,7 @@ impl TcpListener {
     pub fn accept_timeout(&self, timeout: Option<Duration>) -> io::Result<(TcpStream, SocketAddr)> {
         let port = self.port;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let h = block_on(&self.shared, deadline, |core, w| {
+        let h = block_on(&self.shared, deadline, false, |core, w| {
             let l = core.listeners.get_mut(&port)?;
             match l.queue.pop() {
                 Some(h) => {
@@ -387,7 +391,7 @@ impl Drop for TcpListener {
         if let Some(core) = self.shared.lock().as_mut() {
             if let Some(mut l) = core.listeners.remove(&self.port) {
                 core.dev.listen_capacity.remove(&self.port);
-                l.queue.arm(&mut core.sockets, self.port, 0, || {
+                l.queue.arm(&mut core.sockets, self.port, 0, |_| {
                     unreachable!("arming nothing")
                 });
                 // Connections nobody accepted are reset, then freed by the shard.
@@ -512,6 +516,7 @@ impl TcpStream {
         block_on(
             &self.shared,
             timeout.map(|t| Instant::now() + t),
+            false,
             |core, w| {
                 let s = core.sockets.get_mut::<tcp::Socket>(h);
                 if s.send_queue() == 0 || !s.is_open() {
@@ -542,6 +547,7 @@ impl Read for TcpStream {
         block_on(
             &self.shared,
             self.read_timeout.map(|t| Instant::now() + t),
+            true,
             |core, w| {
                 let s = core.sockets.get_mut::<tcp::Socket>(h);
                 let st = s.state();
@@ -588,6 +594,7 @@ impl Write for TcpStream {
         block_on(
             &self.shared,
             self.write_timeout.map(|t| Instant::now() + t),
+            true,
             |core, w| {
                 let s = core.sockets.get_mut::<tcp::Socket>(h);
                 if s.can_send() {

@@ -108,6 +108,7 @@ impl UdpSocket {
         block_on(
             &self.shared,
             Some(Instant::now() + Duration::from_secs(5)),
+            true,
             |core, w| {
                 let s = core.sockets.get_mut::<udp::Socket>(h);
                 if buf.len() > s.payload_send_capacity() {
@@ -140,6 +141,7 @@ impl UdpSocket {
         block_on(
             &self.shared,
             self.read_timeout.map(|t| Instant::now() + t),
+            true,
             |core, w| {
                 let s = core.sockets.get_mut::<udp::Socket>(h);
                 match s.recv() {
