@@ -152,7 +152,7 @@ pub(crate) struct Shared {
     pub xsk_fd: i32,
     /// What that thread also sleeps on: its socket's wake-ups arrive here (registered through
     /// `poller_waker`), so a packet that the shard happened to process is not missed.
-    pub poller_wake: Arc<FdWaker>,
+    pub poller_wake: Arc<PollerWake>,
     pub poller_waker: std::task::Waker,
 }
 
@@ -701,9 +701,44 @@ fn lost_attachment(core: &Core) -> Option<String> {
     None
 }
 
-/// A smoltcp waker that writes to an eventfd (for the thread serving the queue, which sleeps
-/// in poll(2) rather than parking).
-struct EfdWake(Arc<FdWaker>);
+/// How the thread serving the queue is woken: it sleeps in poll(2) on the XSK and an eventfd,
+/// not parked. Most wake-ups come while it is awake, handling the very packets that cause them
+/// (it looks at its call right after): those only leave a note instead of costing a write and
+/// a read of the eventfd.
+pub(crate) struct PollerWake {
+    efd: FdWaker,
+    asleep: AtomicBool,
+    notified: AtomicBool,
+}
+
+impl PollerWake {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            efd: FdWaker::new()?,
+            asleep: AtomicBool::new(false),
+            notified: AtomicBool::new(false),
+        })
+    }
+
+    fn wake(&self) {
+        self.notified.store(true, Ordering::SeqCst);
+        if self.asleep.load(Ordering::SeqCst) {
+            self.efd.wake();
+        }
+    }
+
+    /// Sleeps on the XSK and the eventfd unless a wake-up came since the last look.
+    pub fn wait(&self, xsk_fd: i32, timeout: Duration) {
+        self.asleep.store(true, Ordering::SeqCst);
+        if !self.notified.swap(false, Ordering::SeqCst) {
+            self.efd.wait(Some(xsk_fd), Some(timeout));
+        }
+        self.asleep.store(false, Ordering::SeqCst);
+        self.notified.store(false, Ordering::SeqCst);
+    }
+}
+
+struct EfdWake(Arc<PollerWake>);
 
 impl std::task::Wake for EfdWake {
     fn wake(self: Arc<Self>) {
@@ -923,7 +958,7 @@ impl StackBuilder {
             core.start_capture(spec)?;
         }
         let xsk_fd = core.dev.inner.borrow().xsk.fd();
-        let poller_wake = Arc::new(FdWaker::new().map_err(|e| StackError::io("eventfd", e))?);
+        let poller_wake = Arc::new(PollerWake::new().map_err(|e| StackError::io("eventfd", e))?);
         let shared = Arc::new(Shared {
             core: Mutex::new(Some(core)),
             waker: FdWaker::new().map_err(|e| StackError::io("eventfd", e))?,

@@ -135,9 +135,7 @@ fn serve_queue<T>(
             // transmitted frames: a spinner that never yields delays them by a scheduler slice).
             std::thread::yield_now();
         } else {
-            shared
-                .poller_wake
-                .wait(Some(shared.xsk_fd), Some(until - now));
+            shared.poller_wake.wait(shared.xsk_fd, until - now);
         }
     }
     // No wake-up for the shard here: it checks every millisecond whether someone still serves
