@@ -157,6 +157,24 @@ impl Testbed {
                 &self.host_if,
             ],
         );
+        // No IPv6 on either end: the kernel's own router solicitations and MLD reports would
+        // otherwise land on the steered queue at random moments and show up in exact counts.
+        run_ok(
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", self.host_if),
+            ],
+        );
+        self.ns_ok(
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", self.peer_if),
+            ],
+        );
         run_ok("ip", &["link", "set", &self.host_if, "up"]);
         self.ns_ok("ip", &["link", "set", "lo", "up"]);
         self.ns_ok(
