@@ -14,6 +14,68 @@ pub enum Backend {
     Stack,
 }
 
+/// The flags both benchmark servers take to choose and set up their backend.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Who serves: the kernel (std::net on 0.0.0.0) or the AF_XDP stack.
+    #[arg(long, value_enum)]
+    pub backend: Backend,
+    /// Stack: the interface whose queue the steering program serves.
+    #[arg(long, required_if_eq("backend", "stack"))]
+    pub iface: Option<String>,
+    /// Stack: the steered RX queue.
+    #[arg(long, default_value_t = 0)]
+    pub queue: u32,
+    /// Stack: spin on the queue instead of sleeping when idle.
+    #[arg(long)]
+    pub busy_poll: bool,
+    /// Stack: pin the shard thread to this CPU (pin the whole process with taskset).
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Exit after this many seconds (0: at SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    pub duration: u64,
+}
+
+impl BackendArgs {
+    /// The stack for `--backend stack` (`None` for the kernel), built from these flags plus
+    /// `configure`; on failure says why (and what to attach) and gives the exit code.
+    pub fn start_stack(
+        &self,
+        name: &str,
+        configure: impl FnOnce(xsk_stack::StackBuilder) -> xsk_stack::StackBuilder,
+    ) -> Result<Option<xsk_stack::Stack>, std::process::ExitCode> {
+        if self.backend == Backend::Kernel {
+            return Ok(None);
+        }
+        let iface = self.iface.as_deref().unwrap_or_default();
+        let b = xsk_stack::Stack::builder(iface, self.queue)
+            .busy_poll(self.busy_poll)
+            .cpu(self.cpu);
+        configure(b).start().map(Some).map_err(|e| {
+            eprintln!("{name}: error: {e}");
+            eprintln!(
+                "hint: attach the steering program first: xdp-loader attach {iface} --queue {}",
+                self.queue
+            );
+            std::process::ExitCode::FAILURE
+        })
+    }
+
+    /// "the kernel" or "the stack (IFACE queue Q[, busy-poll])", for the serving line.
+    pub fn describe(&self) -> String {
+        match self.backend {
+            Backend::Kernel => "the kernel".into(),
+            Backend::Stack => format!(
+                "the stack ({} queue {}{})",
+                self.iface.as_deref().unwrap_or_default(),
+                self.queue,
+                if self.busy_poll { ", busy-poll" } else { "" }
+            ),
+        }
+    }
+}
+
 /// Work items the server's logic completed (requests answered, datagrams received).
 pub static SERVED: AtomicU64 = AtomicU64::new(0);
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use clap::Parser;
-use demos::report::{serve_until_signalled, Backend, SERVED};
+use demos::report::{serve_until_signalled, BackendArgs, SERVED};
 
 #[global_allocator]
 static ALLOC: demos::alloc_count::Counting = demos::alloc_count::Counting;
@@ -23,24 +23,11 @@ static ALLOC: demos::alloc_count::Counting = demos::alloc_count::Counting;
     after_help = "Prints one JSON line of cumulative counters (allocations, requests served, packets) on SIGUSR1 and at exit.\n\nExample (as root):\n  xdp-loader attach eth0 --queue 3\n  bench-server --backend stack --iface eth0 --queue 3 --port 7000 --cpu 0 &\n  bench-server --backend kernel --port 7100 &\n  # from a peer: bench-client rr --to <eth0's address>:7000 --conns 1"
 )]
 struct Cli {
-    /// Who serves: the kernel (std::net on 0.0.0.0) or the AF_XDP stack.
-    #[arg(long, value_enum)]
-    backend: Backend,
-    /// Stack: the interface whose queue the steering program serves.
-    #[arg(long, required_if_eq("backend", "stack"))]
-    iface: Option<String>,
-    /// Stack: the steered RX queue.
-    #[arg(long, default_value_t = 0)]
-    queue: u32,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Echo port; PORT+1 and PORT+2 are the sink and the source.
     #[arg(long)]
     port: u16,
-    /// Stack: spin on the queue instead of sleeping when idle.
-    #[arg(long)]
-    busy_poll: bool,
-    /// Stack: pin the shard thread to this CPU (pin the whole process with taskset).
-    #[arg(long)]
-    cpu: Option<usize>,
     /// Stack: TCP receive and send buffer per connection, bytes (the window; the kernel
     /// autotunes its own up to several MiB).
     #[arg(long, default_value_t = 1024 * 1024)]
@@ -54,9 +41,6 @@ struct Cli {
     /// Stack: delayed-ACK timeout in microseconds (0: ACK at once; default: the stack's).
     #[arg(long)]
     ack_delay_us: Option<u64>,
-    /// Exit after this many seconds (0: at SIGINT/SIGTERM).
-    #[arg(long, default_value_t = 0)]
-    duration: u64,
 }
 
 /// Echoes whatever arrives; every read answered counts as one request served.
@@ -153,30 +137,17 @@ fn main() -> ExitCode {
         eprintln!("bench-server: error: --port must be 1..=65533 (it uses PORT..=PORT+2)");
         return ExitCode::from(2);
     }
-    let stack = match cli.backend {
-        Backend::Kernel => None,
-        Backend::Stack => {
-            let iface = cli.iface.as_deref().unwrap_or_default();
-            let mut b = xsk_stack::Stack::builder(iface, cli.queue);
-            if let Some(us) = cli.ack_delay_us {
-                b = b.ack_delay((us > 0).then(|| std::time::Duration::from_micros(us)));
-            }
-            let r = b
-                .busy_poll(cli.busy_poll)
-                .cpu(cli.cpu)
-                .tcp_buffers(cli.tcp_buffer, cli.tcp_buffer)
-                .max_connections(cli.max_connections)
-                .backlog(cli.backlog)
-                .start();
-            match r {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    eprintln!("bench-server: error: {e}");
-                    eprintln!("hint: attach the steering program first: xdp-loader attach {iface} --queue {}", cli.queue);
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
+    let stack = match cli.backend.start_stack("bench-server", |b| {
+        let b = match cli.ack_delay_us {
+            Some(us) => b.ack_delay((us > 0).then(|| std::time::Duration::from_micros(us))),
+            None => b,
+        };
+        b.tcp_buffers(cli.tcp_buffer, cli.tcp_buffer)
+            .max_connections(cli.max_connections)
+            .backlog(cli.backlog)
+    }) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     for (offset, handle) in HANDLERS {
         let port = cli.port + offset;
@@ -214,17 +185,9 @@ fn main() -> ExitCode {
         "bench-server: serving ports {}..={} on {}",
         cli.port,
         cli.port + 2,
-        match cli.backend {
-            Backend::Kernel => "the kernel".to_string(),
-            Backend::Stack => format!(
-                "the stack ({} queue {}{})",
-                cli.iface.as_deref().unwrap_or_default(),
-                cli.queue,
-                if cli.busy_poll { ", busy-poll" } else { "" }
-            ),
-        }
+        cli.backend.describe()
     );
-    if serve_until_signalled(stack.as_ref(), cli.duration, "bench-server") {
+    if serve_until_signalled(stack.as_ref(), cli.backend.duration, "bench-server") {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -9,7 +9,7 @@ use std::{
 };
 
 use clap::Parser;
-use demos::report::{serve_until_signalled, Backend, SERVED};
+use demos::report::{serve_until_signalled, BackendArgs, SERVED};
 
 #[global_allocator]
 static ALLOC: demos::alloc_count::Counting = demos::alloc_count::Counting;
@@ -20,14 +20,8 @@ static ALLOC: demos::alloc_count::Counting = demos::alloc_count::Counting;
     after_help = "Example (as root):\n  udp-sink --backend kernel --port 9100 &\n  xdp-loader attach eth0 --queue 3 && udp-sink --backend stack --iface eth0 --queue 3 --port 9000 &\n  # from a peer: udp-flood --to <addr>:9000 --seconds 2; then kill -USR1 <pid> prints the count"
 )]
 struct Cli {
-    #[arg(long, value_enum)]
-    backend: Backend,
-    /// Stack: the interface whose queue the steering program serves.
-    #[arg(long, required_if_eq("backend", "stack"))]
-    iface: Option<String>,
-    /// Stack: the steered RX queue.
-    #[arg(long, default_value_t = 0)]
-    queue: u32,
+    #[command(flatten)]
+    backend: BackendArgs,
     #[arg(long)]
     port: u16,
     /// Kernel: datagrams per recvmmsg call.
@@ -37,15 +31,6 @@ struct Cli {
     /// datagram slots.
     #[arg(long, default_value_t = 4 << 20)]
     buffer: usize,
-    /// Stack: spin on the queue instead of sleeping when idle.
-    #[arg(long)]
-    busy_poll: bool,
-    /// Stack: pin the shard thread to this CPU.
-    #[arg(long)]
-    cpu: Option<usize>,
-    /// Exit after this many seconds (0: at SIGINT/SIGTERM).
-    #[arg(long, default_value_t = 0)]
-    duration: u64,
 }
 
 /// Receives in batches of `batch` until the socket fails.
@@ -113,8 +98,16 @@ fn main() -> ExitCode {
         eprintln!("udp-sink: error: need --port 1..=65535, --batch 1..=1024, --buffer >= 4096");
         return ExitCode::from(2);
     }
-    let stack = match cli.backend {
-        Backend::Kernel => {
+    let buffer = cli.buffer;
+    let stack = match cli
+        .backend
+        .start_stack("udp-sink", |b| b.udp_buffers((buffer / 64).max(1), buffer))
+    {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match &stack {
+        None => {
             let sock = match UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], cli.port))) {
                 Ok(s) => s,
                 Err(e) => {
@@ -127,22 +120,8 @@ fn main() -> ExitCode {
             }
             let batch = cli.batch;
             std::thread::spawn(move || kernel_loop(sock, batch));
-            None
         }
-        Backend::Stack => {
-            let iface = cli.iface.as_deref().unwrap_or_default();
-            let r = xsk_stack::Stack::builder(iface, cli.queue)
-                .busy_poll(cli.busy_poll)
-                .cpu(cli.cpu)
-                .udp_buffers((cli.buffer / 64).max(1), cli.buffer)
-                .start();
-            let stack = match r {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("udp-sink: error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+        Some(stack) => {
             let sock = match stack.udp_bind(cli.port) {
                 Ok(s) => s,
                 Err(e) => {
@@ -164,14 +143,14 @@ fn main() -> ExitCode {
                     }
                 }
             });
-            Some(stack)
         }
-    };
+    }
     println!(
-        "udp-sink: serving udp port {} on {:?}",
-        cli.port, cli.backend
+        "udp-sink: serving udp port {} on {}",
+        cli.port,
+        cli.backend.describe()
     );
-    if serve_until_signalled(stack.as_ref(), cli.duration, "udp-sink") {
+    if serve_until_signalled(stack.as_ref(), cli.backend.duration, "udp-sink") {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -288,12 +288,12 @@ fn lat_columns(with_rps: bool) -> Vec<Column> {
 }
 
 fn udp(bed: &Bed, rate: u64) -> Result<Vec<Series>, String> {
-    let mut out = Vec::new();
-    for b in ["kernel", "stack"] {
-        let port = if b == "kernel" { KERNEL_UDP } else { STACK_UDP };
-        let mut srv = bed.server(b, &["--udp", "--port", &port.to_string()])?;
-        let mut runs = Vec::new();
-        for _ in 0..bed.s.runs {
+    let port_of = |b: &str| if b == "kernel" { KERNEL_UDP } else { STACK_UDP };
+    each_backend(
+        bed,
+        |b| vec!["--udp".into(), "--port".into(), port_of(b).to_string()],
+        |b, srv| {
+            let port = port_of(b);
             let r0 = srv.report()?;
             let (busy0, _) = cpu_ticks();
             let (srv0, _) = cpu_ticks_of(bed.s.server_cpu);
@@ -322,7 +322,7 @@ fn udp(bed: &Bed, rate: u64) -> Result<Vec<Series>, String> {
             let got = num(&r1, "served") - num(&r0, "served");
             // USER_HZ is 100: a tick is 10 ms.
             let cpu_us = (busy1 - busy0) as f64 * 10_000.0;
-            runs.push(Metrics::from([
+            Ok(Metrics::from([
                 ("offered", num(&v, "pps")),
                 ("delivered", got / bed.s.seconds),
                 ("loss", 1.0 - got / num(&v, "sent").max(1.0)),
@@ -331,28 +331,21 @@ fn udp(bed: &Bed, rate: u64) -> Result<Vec<Series>, String> {
                     "cpu0_ns",
                     (srv1 - srv0) as f64 * 10_000_000.0 / got.max(1.0),
                 ),
-            ]));
-        }
-        out.push(Series {
-            backend: b.to_string(),
-            runs,
-            cdf: None,
-        });
-    }
-    Ok(out)
+            ]))
+        },
+    )
 }
 
 fn bulk(bed: &Bed, server_sends: bool) -> Result<Vec<Series>, String> {
-    let mut out = Vec::new();
-    for b in ["kernel", "stack"] {
-        let _srv = bed.server(b, &[])?;
-        let (cmd, port) = if server_sends {
-            ("bulk-recv", port_of(b) + 2)
-        } else {
-            ("bulk-send", port_of(b) + 1)
-        };
-        let mut runs = Vec::new();
-        for _ in 0..bed.s.runs {
+    each_backend(
+        bed,
+        |_| Vec::new(),
+        |b, _| {
+            let (cmd, port) = if server_sends {
+                ("bulk-recv", port_of(b) + 2)
+            } else {
+                ("bulk-send", port_of(b) + 1)
+            };
             let v = bed.client(&[
                 cmd.into(),
                 "--to".into(),
@@ -360,23 +353,16 @@ fn bulk(bed: &Bed, server_sends: bool) -> Result<Vec<Series>, String> {
                 "--seconds".into(),
                 bed.secs(),
             ])?;
-            runs.push(Metrics::from([("gbps", num(&v, "gbps"))]));
-        }
-        out.push(Series {
-            backend: b.to_string(),
-            runs,
-            cdf: None,
-        });
-    }
-    Ok(out)
+            Ok(Metrics::from([("gbps", num(&v, "gbps"))]))
+        },
+    )
 }
 
 fn conn_rate(bed: &Bed) -> Result<Vec<Series>, String> {
-    let mut out = Vec::new();
-    for b in ["kernel", "stack"] {
-        let _srv = bed.server(b, &[])?;
-        let mut runs = Vec::new();
-        for _ in 0..bed.s.runs {
+    each_backend(
+        bed,
+        |_| Vec::new(),
+        |b, _| {
             let v = bed.client(&[
                 "conn-rate".into(),
                 "--to".into(),
@@ -386,11 +372,29 @@ fn conn_rate(bed: &Bed) -> Result<Vec<Series>, String> {
                 "--seconds".into(),
                 bed.secs(),
             ])?;
-            runs.push(Metrics::from([
+            Ok(Metrics::from([
                 ("rate", num(&v, "rate")),
                 ("failed", num(&v, "failed")),
-            ]));
-        }
+            ]))
+        },
+    )
+}
+
+/// For the kernel, then the stack: starts the server (with `extra` arguments), measures it
+/// `runs` times with `run`, and stops it.
+fn each_backend(
+    bed: &Bed,
+    extra: impl Fn(&str) -> Vec<String>,
+    mut run: impl FnMut(&str, &mut Server) -> Result<Metrics, String>,
+) -> Result<Vec<Series>, String> {
+    let mut out = Vec::new();
+    for b in ["kernel", "stack"] {
+        let args = extra(b);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut srv = bed.server(b, &args)?;
+        let runs = (0..bed.s.runs)
+            .map(|_| run(b, &mut srv))
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(Series {
             backend: b.to_string(),
             runs,
