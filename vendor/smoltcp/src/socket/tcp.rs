@@ -292,6 +292,12 @@ enum Timer {
         expires_at: Instant,
         delay: Duration,
     },
+    /// xsk-stack patch: the zero-window probe timer, started where the time is not known (the
+    /// application queued data into a zero window); `dispatch` arms it one RTO from then, so
+    /// the first probe goes out after an RTO, as in Linux, instead of at once.
+    ZeroWindowProbePending {
+        delay: Duration,
+    },
     Close {
         expires_at: Instant,
     },
@@ -347,6 +353,7 @@ impl Timer {
                 keep_alive_at: None,
             } => PollAt::Ingress,
             Timer::ZeroWindowProbe { expires_at, .. } => PollAt::Time(expires_at),
+            Timer::ZeroWindowProbePending { .. } => PollAt::Now,
             Timer::Retransmit { expires_at, .. } => PollAt::Time(expires_at),
             Timer::FastRetransmit => PollAt::Now,
             Timer::Close { expires_at } => PollAt::Time(expires_at),
@@ -378,7 +385,8 @@ impl Timer {
             Timer::Idle { .. }
             | Timer::FastRetransmit
             | Timer::Retransmit { .. }
-            | Timer::ZeroWindowProbe { .. } => {
+            | Timer::ZeroWindowProbe { .. }
+            | Timer::ZeroWindowProbePending { .. } => {
                 *self = Timer::Retransmit {
                     expires_at: timestamp + delay,
                 }
@@ -419,7 +427,17 @@ impl Timer {
     }
 
     fn is_zero_window_probe(&self) -> bool {
-        matches!(self, Timer::ZeroWindowProbe { .. })
+        matches!(
+            self,
+            Timer::ZeroWindowProbe { .. } | Timer::ZeroWindowProbePending { .. }
+        )
+    }
+
+    /// Arms a pending zero-window probe timer one delay from `timestamp`.
+    fn arm_zero_window_probe(&mut self, timestamp: Instant) {
+        if let Timer::ZeroWindowProbePending { delay } = *self {
+            self.set_for_zero_window_probe(timestamp, delay);
+        }
     }
 
     fn is_retransmit(&self) -> bool {
@@ -459,6 +477,36 @@ pub enum CongestionControl {
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic,
 }
+
+/// xsk-stack patch: what the TCP engine's defences did, summed per interface
+/// (`Interface::tcp_counters`). Names follow Linux's nstat where one exists.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Counters {
+    /// Challenge ACKs sent (RFC 5961 §3.2, §4, §5; nstat `TCPChallengeACK`).
+    pub challenge_acks: u64,
+    /// Challenge ACKs withheld by the per-connection rate limit (RFC 5961 §7;
+    /// nstat `TCPACKSkippedChallenge`).
+    pub challenge_acks_skipped: u64,
+    /// SYNs on a synchronized connection, answered with a challenge ACK instead of being acted on
+    /// (RFC 5961 §4; nstat `TCPSYNChallenge`).
+    pub syn_challenges: u64,
+    /// RSTs inside the receive window but not at RCV.NXT, answered with a challenge ACK instead of
+    /// resetting the connection (RFC 5961 §3.2).
+    pub rst_challenges: u64,
+    /// RSTs outside the receive window, ignored (RFC 9293 §3.10.7.4).
+    pub rst_out_of_window: u64,
+    /// Segments whose ACK was below SND.UNA but within the peer's largest window: the ACK field
+    /// was ignored and the rest processed (RFC 9293 §3.10.7.4, RFC 5961 §5.2).
+    pub old_acks: u64,
+    /// TIME-WAIT connections ended early by a new SYN for the same 4-tuple (as Linux does).
+    pub time_wait_recycled: u64,
+}
+
+/// xsk-stack patch: at most one challenge ACK per connection per this interval (RFC 5961 §7).
+/// Per connection, never global: a global limit is a side channel (CVE-2016-5696). The value is
+/// Linux's `tcp_invalid_ratelimit`.
+const CHALLENGE_ACK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A Transmission Control Protocol socket.
 ///
@@ -506,6 +554,8 @@ pub struct Socket<'a> {
     /// The remote window size, relative to local_seq_no
     /// I.e. we're allowed to send octets until local_seq_no+remote_win_len
     remote_win_len: usize,
+    /// xsk-stack patch: the largest window the remote has advertised (MAX.SND.WND, RFC 5961 §5).
+    max_remote_win_len: usize,
     /// The receive window scaling factor for remotes which support RFC 1323, None if unsupported.
     remote_win_scale: Option<u8>,
     /// Whether or not the remote supports selective ACK as described in RFC 2018.
@@ -605,6 +655,7 @@ impl<'a> Socket<'a> {
             remote_last_ack: None,
             remote_last_win: 0,
             remote_win_len: 0,
+            max_remote_win_len: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
             remote_win_scale: None,
             remote_has_sack: false,
@@ -920,6 +971,7 @@ impl<'a> Socket<'a> {
         self.remote_last_ack = None;
         self.remote_last_win = 0;
         self.remote_win_len = 0;
+        self.max_remote_win_len = 0;
         self.remote_win_scale = None;
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
@@ -1259,9 +1311,9 @@ impl<'a> Socket<'a> {
                 let delay = self.rtte.retransmission_timeout();
                 tcp_trace!("starting zero-window-probe timer for t+{}", delay);
 
-                // We don't have access to the current time here, so use Instant::ZERO instead.
-                // this will cause the first ZWP to be sent immediately, but that's okay.
-                self.timer.set_for_zero_window_probe(Instant::ZERO, delay);
+                // xsk-stack patch: the time is not known here; the next dispatch arms the timer
+                // (upstream armed it at Instant::ZERO, so the first probe went out at once).
+                self.timer = Timer::ZeroWindowProbePending { delay };
             }
 
             #[cfg(any(test, feature = "verbose"))]
@@ -1543,13 +1595,73 @@ impl<'a> Socket<'a> {
         repr: &TcpRepr,
     ) -> Option<(IpRepr, TcpRepr<'static>)> {
         if cx.now() < self.challenge_ack_timer {
+            cx.tcp_counters.challenge_acks_skipped += 1;
             return None;
         }
 
-        // Rate-limit to 1 per second max.
-        self.challenge_ack_timer = cx.now() + Duration::from_secs(1);
+        // xsk-stack patch: rate-limited per connection (see `CHALLENGE_ACK_INTERVAL`), counted.
+        self.challenge_ack_timer = cx.now() + CHALLENGE_ACK_INTERVAL;
+        cx.tcp_counters.challenge_acks += 1;
 
         Some(self.ack_reply(ip_repr, repr))
+    }
+
+    /// xsk-stack patch: whether this socket is bound to a 4-tuple (connected or connecting), as
+    /// opposed to listening. The interface offers a segment to connected sockets first, so an
+    /// exact tuple always wins over a listener.
+    pub(crate) fn has_tuple(&self) -> bool {
+        self.tuple.is_some()
+    }
+
+    /// xsk-stack patch: whether `repr` is a new SYN that may end this socket's TIME-WAIT early
+    /// (then a listener takes it), by Linux's rule (`tcp_timewait_state_process`): a SYN without
+    /// ACK whose sequence number is beyond RCV.NXT, or whose timestamp is newer than the last one
+    /// seen. Without this a client reusing its port after we closed first would meet a
+    /// challenge ACK and wait out a SYN retransmission.
+    pub(crate) fn time_wait_takes_new_syn(&self, repr: &TcpRepr) -> bool {
+        if self.state != State::TimeWait
+            || repr.control != TcpControl::Syn
+            || repr.ack_number.is_some()
+        {
+            return false;
+        }
+        let rcv_nxt = self.remote_seq_no + self.rx_buffer.len();
+        let newer_ts = match (repr.timestamp, self.tsval_generator) {
+            (Some(ts), Some(_)) => (ts.tsval.wrapping_sub(self.last_remote_tsval) as i32) > 0,
+            _ => false,
+        };
+        repr.seq_number > rcv_nxt || newer_ts
+    }
+
+    /// xsk-stack patch: ends TIME-WAIT now (see `time_wait_takes_new_syn`), quietly.
+    pub(crate) fn end_time_wait(&mut self, cx: &mut Context) {
+        debug_assert_eq!(self.state, State::TimeWait);
+        cx.tcp_counters.time_wait_recycled += 1;
+        self.reset();
+    }
+
+    /// xsk-stack patch: whether an in-window RST at `seq` may reset the connection (RFC 5961
+    /// §3.2), by Linux's rule (`tcp_validate_incoming`, `tcp_reset_check`): at RCV.NXT; at
+    /// RCV.NXT - 1 once the peer's FIN is in (CLOSE-WAIT, LAST-ACK, CLOSING: some stacks send
+    /// the RST from the FIN's sequence number); or, with SACK, at the right edge of the highest
+    /// block we hold (a peer that sent data past a hole resets from its own SND.NXT).
+    fn rst_seq_matches(&self, seq: TcpSeqNumber, rcv_nxt: TcpSeqNumber) -> bool {
+        if seq == rcv_nxt {
+            return true;
+        }
+        if matches!(
+            self.state,
+            State::CloseWait | State::LastAck | State::Closing
+        ) && seq + 1 == rcv_nxt
+        {
+            return true;
+        }
+        self.remote_has_sack
+            && self
+                .assembler
+                .iter_data()
+                .last()
+                .is_some_and(|(_, right)| rcv_nxt + right == seq)
     }
 
     pub(crate) fn accepts(&self, _cx: &mut Context, ip_repr: &IpRepr, repr: &TcpRepr) -> bool {
@@ -1601,6 +1713,26 @@ impl<'a> Socket<'a> {
             _ => (false, false),
         };
         let control_len = (sent_syn as usize) + (sent_fin as usize);
+
+        // xsk-stack patch: RFC 5961 §4 (and RFC 9293 §3.10.7.4): a SYN on a synchronized
+        // connection, whatever its sequence number, is answered with a (rate-limited) challenge
+        // ACK and otherwise ignored. A peer that really restarted answers the ACK with an RST at
+        // exactly RCV.NXT, which then resets this connection; a blind attacker cannot.
+        if repr.control == TcpControl::Syn
+            && !matches!(
+                self.state,
+                State::Closed | State::Listen | State::SynSent | State::SynReceived
+            )
+        {
+            net_debug!("SYN on a synchronized connection, will send challenge ACK");
+            cx.tcp_counters.syn_challenges += 1;
+            return self.challenge_ack_reply(cx, ip_repr, repr);
+        }
+
+        // xsk-stack patch: an ACK below SND.UNA (but within the peer's largest window) is old:
+        // its ACK field is ignored, the rest of the segment is processed (RFC 9293 §3.10.7.4,
+        // RFC 5961 §5.2). Upstream dropped the whole segment, data included.
+        let mut old_ack = false;
 
         // Reject unacceptable acknowledgements.
         match (self.state, repr.control, repr.ack_number) {
@@ -1682,13 +1814,27 @@ impl<'a> Socket<'a> {
                 }
 
                 if ack_number < ack_min {
+                    // xsk-stack patch: see `old_ack` above. An ACK older than the peer's
+                    // largest window can only be forged (or absurdly old): RFC 5961 §5.2
+                    // discards it with a challenge ACK.
+                    let max_wnd = self.max_remote_win_len.max(self.remote_win_len);
+                    if ack_min - ack_number > max_wnd {
+                        net_debug!(
+                            "ACK {} older than SND.UNA {} by more than MAX.SND.WND {}, will send challenge ACK",
+                            ack_number,
+                            ack_min,
+                            max_wnd
+                        );
+                        return self.challenge_ack_reply(cx, ip_repr, repr);
+                    }
                     net_debug!(
-                        "duplicate ACK ({} not in {}...{})",
+                        "old ACK ({} not in {}...{}): ignoring the ACK field",
                         ack_number,
                         ack_min,
                         ack_max
                     );
-                    return None;
+                    old_ack = true;
+                    cx.tcp_counters.old_acks += 1;
                 }
 
                 if ack_number > ack_max {
@@ -1769,7 +1915,34 @@ impl<'a> Socket<'a> {
                     }
                 };
 
-                if segment_in_window {
+                // xsk-stack patch: RFC 5961 §3.2: an RST resets the connection only at the
+                // sequence number `rst_seq_matches` allows (RCV.NXT, in essence); anywhere else
+                // in the window it draws a challenge ACK (the real peer answers it with an exact
+                // RST; a blind attacker cannot), and outside the window it is ignored.
+                if repr.control == TcpControl::Rst
+                    && !self.rst_seq_matches(segment_start, window_start)
+                {
+                    if segment_in_window {
+                        net_debug!(
+                            "RST in window but not at RCV.NXT ({} != {}), will send challenge ACK",
+                            segment_start,
+                            window_start
+                        );
+                        cx.tcp_counters.rst_challenges += 1;
+                        return self.challenge_ack_reply(cx, ip_repr, repr);
+                    }
+                    // Out-of-window RSTs are silently dropped, per RFC 9293 (3.10.7.4) and
+                    // RFC 5961 (3.2): no reply is sent, and the TIME-WAIT timer is not
+                    // refreshed. RST senders don't need a reply to make progress.
+                    net_debug!("dropping out-of-window RST");
+                    cx.tcp_counters.rst_out_of_window += 1;
+                    return None;
+                }
+
+                if repr.control == TcpControl::Rst {
+                    // An acceptable RST: the state machine below resets the connection.
+                    (&[][..], 0)
+                } else if segment_in_window {
                     let overlap_start = window_start.max(segment_start);
                     let overlap_end = window_end.min(segment_end);
 
@@ -1783,15 +1956,6 @@ impl<'a> Socket<'a> {
                         overlap_start - window_start,
                     )
                 } else {
-                    // Out-of-window RSTs are silently dropped, per RFC 9293
-                    // (3.10.7.4) and RFC 5961 (3.2): no reply is sent, and the
-                    // TIME-WAIT timer below is not refreshed. RST senders don't
-                    // need a reply to make progress.
-                    if repr.control == TcpControl::Rst {
-                        net_debug!("dropping out-of-window RST");
-                        return None;
-                    }
-
                     // If we're in the TIME-WAIT state, restart the TIME-WAIT timeout, since
                     // the remote end may not have realized we've closed the connection.
                     if self.state == State::TimeWait {
@@ -1837,8 +2001,10 @@ impl<'a> Socket<'a> {
         let mut ack_len = 0;
         let mut ack_of_fin = false;
         let mut ack_all = false;
+        // xsk-stack patch: an old ACK acknowledges nothing (see `old_ack`).
+        let ack_number = if old_ack { None } else { repr.ack_number };
         if repr.control != TcpControl::Rst
-            && let Some(ack_number) = repr.ack_number
+            && let Some(ack_number) = ack_number
         {
             // Sequence number corresponding to the first byte in `tx_buffer`.
             // This normally equals `local_seq_no`, but is 1 higher if we have sent a SYN,
@@ -2067,11 +2233,16 @@ impl<'a> Socket<'a> {
         };
         let new_remote_win_len = (repr.window_len as usize) << (scale as usize);
         let is_window_update = new_remote_win_len != self.remote_win_len;
-        self.remote_win_len = new_remote_win_len;
+        // xsk-stack patch: an old ACK (below SND.UNA) comes with a stale window; only its text
+        // is processed (RFC 9293 §3.10.7.4).
+        if !old_ack {
+            self.remote_win_len = new_remote_win_len;
+            self.max_remote_win_len = self.max_remote_win_len.max(new_remote_win_len);
 
-        self.congestion_controller
-            .inner_mut()
-            .set_remote_window(new_remote_win_len);
+            self.congestion_controller
+                .inner_mut()
+                .set_remote_window(new_remote_win_len);
+        }
 
         if ack_len > 0 {
             // Dequeue acknowledged octets.
@@ -2088,7 +2259,7 @@ impl<'a> Socket<'a> {
             self.tx_waker.wake();
         }
 
-        if let Some(ack_number) = repr.ack_number {
+        if let Some(ack_number) = ack_number {
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
@@ -2461,6 +2632,9 @@ impl<'a> Socket<'a> {
             // but from the first transmitted one.
             self.remote_last_ts = Some(cx.now());
         }
+
+        // xsk-stack patch: see `Timer::ZeroWindowProbePending`.
+        self.timer.arm_zero_window_probe(cx.now());
 
         self.congestion_controller
             .inner_mut()
@@ -9035,6 +9209,10 @@ mod test {
     #[test]
     fn test_rx_close_fin_with_hole() {
         let mut s = socket_established();
+        // xsk-stack patch: the RST below sits at the right edge of the data past the hole,
+        // which resets the connection only when SACK is on (RFC 5961 §3.2 as Linux applies it;
+        // see `test_rfc5961_rst_past_a_hole_without_sack_is_challenged`).
+        s.remote_has_sack = true;
         send!(
             s,
             TcpRepr {
@@ -9057,6 +9235,11 @@ mod test {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1 + 3),
                 window_len: 61,
+                sack_ranges: [
+                    Some(((REMOTE_SEQ + 1 + 6).0 as u32, (REMOTE_SEQ + 1 + 9).0 as u32)),
+                    None,
+                    None
+                ],
                 ..RECV_TEMPL
             })
         );
@@ -9116,6 +9299,8 @@ mod test {
     #[test]
     fn test_rx_close_rst_with_hole() {
         let mut s = socket_established();
+        // xsk-stack patch: as in `test_rx_close_fin_with_hole`.
+        s.remote_has_sack = true;
         send!(
             s,
             TcpRepr {
@@ -9137,6 +9322,11 @@ mod test {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1 + 3),
                 window_len: 61,
+                sack_ranges: [
+                    Some(((REMOTE_SEQ + 1 + 6).0 as u32, (REMOTE_SEQ + 1 + 9).0 as u32)),
+                    None,
+                    None
+                ],
                 ..RECV_TEMPL
             })
         );
@@ -9871,5 +10061,299 @@ mod test {
         s.send_slice(b"def").unwrap();
         recv_nothing!(s);
         assert_eq!(s.state, State::Closed);
+    }
+
+    // =========================================================================================//
+    // xsk-stack patches: RFC 5961 (challenge ACKs), old ACKs, the first zero-window probe.
+    // =========================================================================================//
+
+    #[test]
+    fn test_rfc5961_rst_in_window_not_exact_is_challenged() {
+        let mut s = socket_established();
+        // In the window (RCV.NXT = REMOTE_SEQ + 1, window 64), but not at RCV.NXT.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 10,
+                ack_number: None,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.cx.tcp_counters.rst_challenges, 1);
+        assert_eq!(s.cx.tcp_counters.challenge_acks, 1);
+
+        // The real peer answers the challenge with an RST at exactly RCV.NXT: that one resets.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Closed);
+    }
+
+    #[test]
+    fn test_rfc5961_rst_out_of_window_is_ignored_and_counted() {
+        let mut s = socket_established();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 100_000,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.cx.tcp_counters.rst_out_of_window, 1);
+        assert_eq!(s.cx.tcp_counters.challenge_acks, 0);
+    }
+
+    #[test]
+    fn test_rfc5961_rst_past_a_hole_without_sack_is_challenged() {
+        let mut s = socket_established();
+        // Data past a hole: 6..9 held, 0..6 missing.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 6,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ghi"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        // An RST at the right edge of that data resets only with SACK (Linux's rule): here
+        // SACK is off, so it is challenged (after the rate limit interval).
+        send!(
+            s,
+            time 1000,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1 + 9,
+                ack_number: None,
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+    }
+
+    #[test]
+    fn test_rfc5961_rst_at_fin_seq_resets_close_wait() {
+        // Linux's `tcp_reset_check`: once the peer's FIN is in, an RST from the FIN's own
+        // sequence number (RCV.NXT - 1) resets.
+        let mut s = socket_close_wait();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Closed);
+    }
+
+    #[test]
+    fn test_rfc5961_syn_on_established_is_challenged() {
+        for seq in [
+            REMOTE_SEQ,                 // the original SYN again (retransmitted, duplicated)
+            REMOTE_SEQ + 1 + 10,        // in the window
+            REMOTE_SEQ + 1 + 1_000_000, // far outside it (a client reusing its port)
+        ] {
+            let mut s = socket_established();
+            send!(
+                s,
+                TcpRepr {
+                    control: TcpControl::Syn,
+                    seq_number: seq,
+                    ack_number: None,
+                    ..SEND_TEMPL
+                },
+                Some(TcpRepr {
+                    seq_number: LOCAL_SEQ + 1,
+                    ack_number: Some(REMOTE_SEQ + 1),
+                    ..RECV_TEMPL
+                })
+            );
+            assert_eq!(s.state, State::Established, "SYN at {seq}");
+            assert_eq!(s.cx.tcp_counters.syn_challenges, 1);
+            assert_eq!(s.cx.tcp_counters.challenge_acks, 1);
+        }
+    }
+
+    #[test]
+    fn test_rfc5961_syn_with_ack_on_established_is_challenged() {
+        let mut s = socket_established();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::Established);
+    }
+
+    #[test]
+    fn test_rfc5961_challenge_acks_are_rate_limited_per_socket() {
+        let mut s = socket_established();
+        let rst = TcpRepr {
+            control: TcpControl::Rst,
+            seq_number: REMOTE_SEQ + 1 + 10,
+            ack_number: None,
+            ..SEND_TEMPL
+        };
+        let challenge = Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        });
+        send!(s, time 0, rst, challenge);
+        send!(s, time 499, rst, None);
+        send!(s, time 500, rst, challenge);
+        assert_eq!(s.cx.tcp_counters.challenge_acks, 2);
+        assert_eq!(s.cx.tcp_counters.challenge_acks_skipped, 1);
+
+        // The limit is per connection: another socket answers at once.
+        let mut other = socket_established();
+        send!(other, time 499, rst, challenge);
+        assert_eq!(s.state, State::Established);
+    }
+
+    #[test]
+    fn test_old_ack_data_is_accepted() {
+        let mut s = socket_established();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        // The peer acknowledges 3 bytes...
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 3);
+        // ...then data arrives on a segment that was sent earlier (reordered): its ACK is below
+        // SND.UNA and its window is stale. The data is kept; SND.UNA and the window stay.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 3,
+                payload: &b"xyz"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6,
+                ack_number: Some(REMOTE_SEQ + 1 + 3),
+                window_len: 61,
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(
+            s.local_seq_no,
+            LOCAL_SEQ + 1 + 3,
+            "SND.UNA never moves back"
+        );
+        assert_eq!(s.remote_win_len, 256, "an old ACK's window is stale");
+        assert_eq!(s.cx.tcp_counters.old_acks, 1);
+        let mut buf = [0u8; 8];
+        assert_eq!(s.recv_slice(&mut buf), Ok(3));
+        assert_eq!(&buf[..3], b"xyz");
+    }
+
+    #[test]
+    fn test_ack_older_than_the_max_window_is_challenged() {
+        let mut s = socket_established();
+        // RFC 5961 §5.2: SEG.ACK < SND.UNA - MAX.SND.WND is discarded with a challenge ACK.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 - 10_000),
+                payload: &b"xyz"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rx_buffer.len(), 0, "the data was not accepted");
+        assert_eq!(s.cx.tcp_counters.old_acks, 0);
+    }
+
+    #[test]
+    fn test_first_zero_window_probe_after_one_rto() {
+        let mut s = socket_established();
+        send!(
+            s,
+            time 5000,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        // The application writes into the zero window at t = 5 s: the first probe goes out one
+        // RTO later (1 s with no RTT sample), not at once.
+        s.send_slice(b"abcdef").unwrap();
+        assert!(s.timer.is_zero_window_probe());
+        recv_nothing!(s, time 5000);
+        recv_nothing!(s, time 5999);
+        recv!(
+            s,
+            time 6000,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"a"[..],
+                ..RECV_TEMPL
+            }]
+        );
     }
 }

@@ -155,6 +155,9 @@ pub struct InterfaceInner {
     routes: Routes,
     #[cfg(feature = "multicast")]
     multicast: multicast::State,
+    /// xsk-stack patch: what the TCP engine's defences did (see `tcp::Counters`).
+    #[cfg(feature = "socket-tcp")]
+    pub(crate) tcp_counters: crate::socket::tcp::Counters,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -276,6 +279,8 @@ impl Interface {
                 ip_addrs: Vec::new(),
                 any_ip: false,
                 routes: Routes::new(),
+                #[cfg(feature = "socket-tcp")]
+                tcp_counters: crate::socket::tcp::Counters::default(),
                 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
                 neighbor_cache: NeighborCache::new(),
                 #[cfg(feature = "multicast")]
@@ -304,6 +309,13 @@ impl Interface {
     /// Get the socket context.
     ///
     /// The context is needed for some socket methods.
+    /// xsk-stack patch: counters of the TCP engine's defences (challenge ACKs, ignored RSTs),
+    /// summed over every TCP socket this interface has processed segments for.
+    #[cfg(feature = "socket-tcp")]
+    pub fn tcp_counters(&self) -> crate::socket::tcp::Counters {
+        self.inner.tcp_counters
+    }
+
     pub fn context(&mut self) -> &mut InterfaceInner {
         &mut self.inner
     }

@@ -29,9 +29,30 @@ impl InterfaceInner {
             &self.caps.checksum
         ));
 
+        // xsk-stack patch: a connected socket whose 4-tuple matches always gets the segment
+        // before any listener does. Upstream offered it to the sockets in slot order, so a SYN
+        // for an established connection could reach a listening socket sitting in an earlier
+        // slot, which answered with a new ISN and broke the connection (see PATCHES.md).
         for tcp_socket in sockets
             .items_mut()
             .filter_map(|i| Socket::downcast_mut(&mut i.socket))
+            .filter(|s| s.has_tuple())
+        {
+            if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
+                if tcp_socket.time_wait_takes_new_syn(&tcp_repr) {
+                    // The old connection is over; a listener takes the new one below.
+                    tcp_socket.end_time_wait(self);
+                    break;
+                }
+                return tcp_socket
+                    .process(self, &ip_repr, &tcp_repr)
+                    .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+            }
+        }
+        for tcp_socket in sockets
+            .items_mut()
+            .filter_map(|i| Socket::downcast_mut(&mut i.socket))
+            .filter(|s| !s.has_tuple())
         {
             if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
                 return tcp_socket

@@ -4,6 +4,9 @@ mod ipv4;
 mod ipv6;
 #[cfg(feature = "proto-sixlowpan")]
 mod sixlowpan;
+// xsk-stack patch: socket lookup order and TIME-WAIT recycling (PATCHES.md).
+#[cfg(all(feature = "medium-ip", feature = "socket-tcp", feature = "proto-ipv4"))]
+mod tcp_lookup;
 
 #[allow(unused)]
 use std::vec::Vec;
