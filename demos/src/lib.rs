@@ -6,7 +6,14 @@ pub mod metrics;
 pub mod report;
 pub mod sockperf;
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use clap::Args;
 use xsk_stack::{Stack, StackError};
@@ -111,6 +118,13 @@ impl Common {
     /// steering program detached, the interface gone): then the caller drops the stack, which
     /// removes its rules and closes its sockets. Returns the process's exit code.
     pub fn wait(&self, stack: &Stack, name: &str) -> ExitCode {
+        self.wait_serving(stack, name, &AtomicBool::new(false))
+    }
+
+    /// As [`wait`](Self::wait), also ending (non-zero) when `lost` is set: the service's
+    /// listener is gone, and a process that lives on without it would look healthy while it
+    /// refuses every connection.
+    pub fn wait_serving(&self, stack: &Stack, name: &str, lost: &AtomicBool) -> ExitCode {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
             Ok(s) => s,
@@ -128,6 +142,10 @@ impl Common {
             }
             if let Some(why) = stack.failure() {
                 eprintln!("{name}: error: {why}");
+                return ExitCode::FAILURE;
+            }
+            if lost.load(Ordering::Acquire) {
+                eprintln!("{name}: error: the listener stopped accepting");
                 return ExitCode::FAILURE;
             }
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
@@ -168,16 +186,34 @@ pub fn serve_tcp(
         common.iface, common.queue
     );
     let label = name.to_string();
-    std::thread::spawn(move || loop {
-        match listener.accept() {
-            Ok((c, _)) => {
-                std::thread::spawn(move || handle(c));
-            }
-            Err(e) => {
-                eprintln!("{label}: accept: {e}");
-                break;
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost2 = lost.clone();
+    std::thread::spawn(move || {
+        let failed = AtomicU64::new(0);
+        loop {
+            match listener.accept() {
+                Ok((c, _)) => {
+                    std::thread::spawn(move || handle(c));
+                }
+                Err(e) if accept_error_is_fatal(&e) => {
+                    eprintln!("{label}: accept: {e}");
+                    lost2.store(true, Ordering::Release);
+                    break;
+                }
+                // One connection's trouble (ECONNABORTED-like) never stops the service.
+                Err(e) => {
+                    let n = failed.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::debug!(failed = n, "accept: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
     });
-    common.wait(&stack, name)
+    common.wait_serving(&stack, name, &lost)
+}
+
+/// Whether an `accept()` error means the listener is gone for good. The stack's `accept` fails
+/// only when the stack stops (`NotConnected`); anything else concerns one connection.
+pub fn accept_error_is_fatal(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotConnected
 }

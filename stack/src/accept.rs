@@ -2,7 +2,11 @@
 //! takes one. Sockets that left LISTEN are tracked through the handshake into a bounded queue of
 //! established connections that `accept()` pops. With the queue full (or the shard at its
 //! connection limit) no socket is armed, so smoltcp answers new SYNs with RST: a full backlog
-//! refuses, it never silently drops. Sans-IO: the caller passes the socket set and the time.
+//! refuses, it never silently drops. A handshake the peer resets (SYN → SYN-ACK → RST: every
+//! SYN port scan) never reaches the queue: smoltcp puts that socket back into LISTEN, and it is
+//! re-armed and counted. A connection is queued with its addresses, so `accept()` hands it out
+//! even if it died while it waited (as Linux does; its first read then reports the reset).
+//! Sans-IO: the caller passes the socket set and the time.
 use std::{
     collections::VecDeque,
     task::Waker,
@@ -12,14 +16,24 @@ use std::{
 use smoltcp::{
     iface::{SocketHandle, SocketSet},
     socket::tcp,
+    wire::IpEndpoint,
 };
+
+/// An established connection waiting for `accept()`, with the addresses it had when its
+/// handshake completed (a connection reset since has none left in smoltcp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    pub handle: SocketHandle,
+    pub local: IpEndpoint,
+    pub remote: IpEndpoint,
+}
 
 /// One listener's armed sockets, handshakes in flight and established connections.
 #[derive(Debug, Default)]
 pub struct AcceptQueue {
     pub(crate) listening: Vec<SocketHandle>,
     pub(crate) handshaking: Vec<(SocketHandle, Instant)>,
-    pub(crate) ready: VecDeque<SocketHandle>,
+    pub(crate) ready: VecDeque<Ready>,
     waiters: Vec<Waker>,
 }
 
@@ -30,6 +44,9 @@ pub struct Tracked {
     pub moved: bool,
     /// Connections that completed their handshake (passive opens).
     pub established: u64,
+    /// Handshakes the peer reset (or that closed) before they completed: the socket went back
+    /// to LISTEN and was re-armed, or was freed. nstat's `EmbryonicRsts`.
+    pub aborted: u64,
 }
 
 impl AcceptQueue {
@@ -103,16 +120,30 @@ impl AcceptQueue {
         let mut i = 0;
         while i < self.handshaking.len() {
             let (h, _) = self.handshaking[i];
-            match sockets.get::<tcp::Socket>(h).state() {
-                tcp::State::SynReceived => i += 1,
-                tcp::State::Closed => {
+            let s = sockets.get::<tcp::Socket>(h);
+            match (s.state(), s.local_endpoint(), s.remote_endpoint()) {
+                (tcp::State::SynReceived, ..) => i += 1,
+                // An RST in SYN-RECEIVED puts smoltcp's socket back into LISTEN on the same
+                // port: it is a listening socket again, never a connection.
+                (tcp::State::Listen, ..) => {
+                    self.handshaking.swap_remove(i);
+                    self.listening.push(h);
+                    t.moved = true;
+                    t.aborted += 1;
+                }
+                (tcp::State::Closed, ..) | (_, None, _) | (_, _, None) => {
                     self.handshaking.swap_remove(i);
                     sockets.remove(h);
                     t.moved = true;
+                    t.aborted += 1;
                 }
-                _ => {
+                (_, Some(local), Some(remote)) => {
                     self.handshaking.swap_remove(i);
-                    self.ready.push_back(h);
+                    self.ready.push_back(Ready {
+                        handle: h,
+                        local,
+                        remote,
+                    });
                     t.moved = true;
                     t.established += 1;
                 }
@@ -159,7 +190,7 @@ impl AcceptQueue {
     }
 
     /// The next established connection, if any.
-    pub fn pop(&mut self) -> Option<SocketHandle> {
+    pub fn pop(&mut self) -> Option<Ready> {
         self.ready.pop_front()
     }
 
@@ -175,7 +206,7 @@ impl AcceptQueue {
         self.handshaking
             .drain(..)
             .map(|(h, _)| h)
-            .chain(self.ready.drain(..))
+            .chain(self.ready.drain(..).map(|r| r.handle))
             .collect()
     }
 }
@@ -187,7 +218,11 @@ mod tests {
         iface::{Config, Interface},
         phy::{Loopback, Medium},
         time::Instant as SmolInstant,
-        wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address},
+        phy::ChecksumCapabilities,
+        wire::{
+            HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
+            TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+        },
     };
 
     const ADDR: Ipv4Address = Ipv4Address::new(198, 18, 0, 1);
@@ -286,7 +321,7 @@ mod tests {
         );
 
         // accept() makes room: the next client gets in.
-        let h = q.pop().unwrap();
+        let h = q.pop().unwrap().handle;
         assert_eq!(net.state(h), tcp::State::Established);
         let late = net.client(41000);
         for _ in 0..50 {
@@ -380,5 +415,159 @@ mod tests {
         );
         assert_eq!(expired, vec![h]);
         assert_eq!(q.queued(), 0);
+    }
+
+    /// A peer made of hand-made segments (what a port scanner or a raw socket sends), talking
+    /// to the interface through the loopback device.
+    struct RawPeer {
+        port: u16,
+        isn: u32,
+    }
+
+    const PEER: Ipv4Address = Ipv4Address::new(198, 18, 0, 2);
+
+    impl RawPeer {
+        fn send(&self, net: &mut Net, control: TcpControl, seq: u32, ack: Option<u32>) {
+            use smoltcp::phy::{Device, TxToken};
+            let tcp = TcpRepr {
+                src_port: self.port,
+                dst_port: 80,
+                control,
+                seq_number: TcpSeqNumber(seq as i32),
+                ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+                window_len: 1024,
+                window_scale: None,
+                max_seg_size: Some(1460),
+                sack_permitted: false,
+                sack_ranges: [None, None, None],
+                timestamp: None,
+                payload: &[],
+            };
+            let ip = Ipv4Repr {
+                src_addr: PEER,
+                dst_addr: ADDR,
+                next_header: IpProtocol::Tcp,
+                payload_len: tcp.buffer_len(),
+                hop_limit: 64,
+            };
+            let caps = ChecksumCapabilities::default();
+            let tx = net.dev.transmit(SmolInstant::ZERO).unwrap();
+            tx.consume(ip.buffer_len() + tcp.buffer_len(), |buf| {
+                let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
+                ip.emit(&mut p, &caps);
+                tcp.emit(
+                    &mut TcpPacket::new_unchecked(p.payload_mut()),
+                    &PEER.into(),
+                    &ADDR.into(),
+                    &caps,
+                );
+            });
+        }
+
+        /// Takes what the interface sent to the peer; returns (control, seq, ack) per segment.
+        fn replies(net: &mut Net) -> Vec<(TcpControl, u32, Option<u32>)> {
+            use smoltcp::phy::{Device, RxToken};
+            let mut out = Vec::new();
+            while let Some((rx, _)) = net.dev.receive(SmolInstant::ZERO) {
+                rx.consume(|f| {
+                    let Ok(ip) = Ipv4Packet::new_checked(f) else {
+                        panic!("not IPv4: {f:02x?}")
+                    };
+                    if ip.dst_addr() != PEER {
+                        return;
+                    }
+                    let t = TcpPacket::new_checked(ip.payload()).unwrap();
+                    let r = TcpRepr::parse(
+                        &t,
+                        &ip.src_addr().into(),
+                        &ip.dst_addr().into(),
+                        &ChecksumCapabilities::ignored(),
+                    )
+                    .unwrap();
+                    out.push((
+                        r.control,
+                        r.seq_number.0 as u32,
+                        r.ack_number.map(|a| a.0 as u32),
+                    ));
+                });
+            }
+            out
+        }
+
+        /// SYN in, SYN-ACK out: returns the listener's ISN.
+        fn syn(&self, net: &mut Net, q: &mut AcceptQueue) -> u32 {
+            let want = q.want(8, 8, usize::MAX);
+            q.arm(&mut net.sockets, 80, want, |s| s.add(socket()));
+            self.send(net, TcpControl::Syn, self.isn, None);
+            net.step();
+            q.track(&mut net.sockets, net.now);
+            let r = Self::replies(net);
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert_eq!(r[0].0, TcpControl::Syn);
+            assert_eq!(r[0].2, Some(self.isn.wrapping_add(1)));
+            r[0].1
+        }
+    }
+
+    #[test]
+    fn a_handshake_reset_by_the_peer_is_never_queued_and_the_socket_is_rearmed() {
+        let mut net = Net::new();
+        let mut q = AcceptQueue::default();
+        let scanner = RawPeer {
+            port: 50000,
+            isn: 7000,
+        };
+        // SYN → SYN-ACK → RST (nmap -sS, or a client kernel with no socket for the SYN-ACK).
+        let _ = scanner.syn(&mut net, &mut q);
+        assert_eq!(q.handshaking.len(), 1);
+        let armed_before = q.armed();
+        scanner.send(&mut net, TcpControl::Rst, scanner.isn + 1, None);
+        net.step();
+        let t = q.track(&mut net.sockets, net.now);
+        assert_eq!((t.established, t.aborted), (0, 1));
+        assert_eq!(q.ready.len(), 0, "never queued for accept");
+        assert_eq!(q.handshaking.len(), 0);
+        assert_eq!(q.armed(), armed_before + 1, "the socket listens again");
+        assert!(q
+            .listening
+            .iter()
+            .all(|&h| net.state(h) == tcp::State::Listen));
+
+        // And the listener goes on serving: a real client connects.
+        let c = net.client(41000);
+        for _ in 0..20 {
+            cycle(&mut net, &mut q, 8, 8, usize::MAX);
+        }
+        assert_eq!(net.state(c), tcp::State::Established);
+        let r = q.pop().expect("the real client is queued");
+        assert_eq!(r.remote.port, 41000);
+    }
+
+    #[test]
+    fn a_connection_reset_while_queued_is_still_handed_out_with_its_addresses() {
+        let mut net = Net::new();
+        let mut q = AcceptQueue::default();
+        let peer = RawPeer {
+            port: 50001,
+            isn: 9000,
+        };
+        let ours = peer.syn(&mut net, &mut q);
+        peer.send(
+            &mut net,
+            TcpControl::None,
+            peer.isn + 1,
+            Some(ours.wrapping_add(1)),
+        );
+        net.step();
+        let t = q.track(&mut net.sockets, net.now);
+        assert_eq!(t.established, 1);
+        // Reset before anyone accepted it.
+        peer.send(&mut net, TcpControl::Rst, peer.isn + 1, None);
+        net.step();
+        q.track(&mut net.sockets, net.now);
+        let r = q.pop().expect("still handed out");
+        assert_eq!(net.state(r.handle), tcp::State::Closed);
+        assert_eq!(r.remote, IpEndpoint::new(PEER.into(), 50001));
+        assert_eq!(r.local, IpEndpoint::new(ADDR.into(), 80));
     }
 }

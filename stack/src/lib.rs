@@ -45,7 +45,7 @@ pub use events::ConnEvent;
 pub use faults::{FaultCounters, FaultPlan};
 pub use shard::{RuntimeCounters, Stack, StackBuilder, StatsSource};
 pub use smoltcp::socket::tcp::State as TcpState;
-pub use stats::{MemoryStats, StackStats, TcpStateCounts};
+pub use stats::{MemoryStats, StackStats, TcpDefenceCounters, TcpStateCounts};
 pub use sys::xsk::KernelXskStats;
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;

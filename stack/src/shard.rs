@@ -112,6 +112,10 @@ pub struct RuntimeCounters {
     pub conn_limit: u64,
     /// Half-open handshakes dropped to make room in a full accept queue (SYN flood).
     pub syn_evicted: u64,
+    /// Handshakes the peer reset before they completed (SYN → SYN-ACK → RST, as a SYN port scan
+    /// does): never queued for accept, the socket re-armed.
+    #[serde(rename = "EmbryonicRsts")]
+    pub embryonic_rsts: u64,
     pub polls: u64,
 }
 
@@ -519,6 +523,7 @@ impl Core {
             let t = l.queue.track(&mut self.sockets, now);
             moved |= t.moved;
             self.counters.passive_opens += t.established;
+            self.counters.embryonic_rsts += t.aborted;
             // SYNs that took the spare sockets pushed the queue over its bound: the oldest
             // half-open handshakes make way (SYN flood defence).
             self.counters.syn_evicted += l.queue.trim(&mut self.sockets, self.cfg.backlog) as u64;
@@ -654,6 +659,7 @@ impl Core {
             pid: std::process::id(),
             device: inner.counters,
             runtime: self.counters,
+            tcp_defence: self.iface.tcp_counters().into(),
             frames: inner.xsk.frames(),
             frames_total: inner.xsk.ledger().total(),
             kernel: inner.xsk.kernel_stats(),

@@ -63,6 +63,47 @@ pub struct MemoryStats {
     pub socket_buffer_bytes: u64,
 }
 
+/// What the TCP engine's defences against blind and stale segments did (RFC 5961; our smoltcp
+/// patches, `vendor/smoltcp/PATCHES.md`). Names follow Linux's nstat where it has one.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TcpDefenceCounters {
+    /// Challenge ACKs sent.
+    #[serde(rename = "TCPChallengeACK")]
+    pub challenge_acks: u64,
+    /// Challenge ACKs withheld by the per-connection rate limit (one per 500 ms).
+    #[serde(rename = "TCPACKSkippedChallenge")]
+    pub challenge_acks_skipped: u64,
+    /// SYNs on an established connection, answered with a challenge ACK.
+    #[serde(rename = "TCPSYNChallenge")]
+    pub syn_challenges: u64,
+    /// RSTs in the window but not at the expected sequence number, answered with a challenge ACK.
+    #[serde(rename = "RstChallenges")]
+    pub rst_challenges: u64,
+    /// RSTs outside the window, ignored.
+    #[serde(rename = "RstOutOfWindow")]
+    pub rst_out_of_window: u64,
+    /// Segments with an old ACK whose data was kept.
+    #[serde(rename = "OldAcks")]
+    pub old_acks: u64,
+    /// TIME-WAIT connections ended by a new SYN for the same 4-tuple.
+    #[serde(rename = "TWRecycled")]
+    pub time_wait_recycled: u64,
+}
+
+impl From<smoltcp::socket::tcp::Counters> for TcpDefenceCounters {
+    fn from(c: smoltcp::socket::tcp::Counters) -> Self {
+        Self {
+            challenge_acks: c.challenge_acks,
+            challenge_acks_skipped: c.challenge_acks_skipped,
+            syn_challenges: c.syn_challenges,
+            rst_challenges: c.rst_challenges,
+            rst_out_of_window: c.rst_out_of_window,
+            old_acks: c.old_acks,
+            time_wait_recycled: c.time_wait_recycled,
+        }
+    }
+}
+
 /// Everything a shard counts.
 #[derive(Debug, Clone, Serialize)]
 pub struct StackStats {
@@ -71,6 +112,7 @@ pub struct StackStats {
     pub pid: u32,
     pub device: DeviceCounters,
     pub runtime: RuntimeCounters,
+    pub tcp_defence: TcpDefenceCounters,
     /// UMEM frames by owner, and the UMEM size in frames.
     pub frames: FrameCounts,
     pub frames_total: u32,
@@ -269,6 +311,46 @@ impl StackStats {
                 "xsk_tcp_syn_evicted_total",
                 "Half-open handshakes dropped from a full accept queue (SYN flood).",
                 r.syn_evicted,
+            ),
+            c(
+                "xsk_tcp_embryonic_rsts_total",
+                "Handshakes reset by the peer before they completed (nstat EmbryonicRsts).",
+                r.embryonic_rsts,
+            ),
+            c(
+                "xsk_tcp_challenge_acks_total",
+                "Challenge ACKs sent (RFC 5961; nstat TCPChallengeACK).",
+                self.tcp_defence.challenge_acks,
+            ),
+            c(
+                "xsk_tcp_challenge_acks_skipped_total",
+                "Challenge ACKs withheld by the per-connection rate limit (nstat TCPACKSkippedChallenge).",
+                self.tcp_defence.challenge_acks_skipped,
+            ),
+            c(
+                "xsk_tcp_syn_challenges_total",
+                "SYNs on established connections, answered with a challenge ACK (nstat TCPSYNChallenge).",
+                self.tcp_defence.syn_challenges,
+            ),
+            c(
+                "xsk_tcp_rst_challenges_total",
+                "In-window RSTs not at the expected sequence number, answered with a challenge ACK.",
+                self.tcp_defence.rst_challenges,
+            ),
+            c(
+                "xsk_tcp_rst_out_of_window_total",
+                "RSTs outside the receive window, ignored.",
+                self.tcp_defence.rst_out_of_window,
+            ),
+            c(
+                "xsk_tcp_old_acks_total",
+                "Segments with an ACK below SND.UNA whose data was kept.",
+                self.tcp_defence.old_acks,
+            ),
+            c(
+                "xsk_tcp_time_wait_recycled_total",
+                "TIME-WAIT connections ended by a new SYN for the same 4-tuple.",
+                self.tcp_defence.time_wait_recycled,
             ),
             c(
                 "xsk_tcp_idle_timeouts_total",

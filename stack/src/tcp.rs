@@ -267,7 +267,7 @@ impl Stack {
         addr: SocketAddrV4,
         timeout: Option<Duration>,
     ) -> io::Result<TcpStream> {
-        let h = {
+        let (h, local_ip, local_port) = {
             let mut g = self.shared.lock();
             let core = g.as_mut().ok_or_else(stopped)?;
             let port = core.ephemeral_port()?;
@@ -284,13 +284,15 @@ impl Stack {
             core.conns
                 .insert(h, Conn::new(tcp::State::SynSent, false, Some(claim)));
             core.counters.active_opens += 1;
-            h
+            (h, core.addr, port)
         };
         self.shared.waker.wake();
         let deadline = timeout.map(|t| Instant::now() + t);
         let stream = TcpStream {
             shared: self.shared.clone(),
             handle: h,
+            local: SocketAddr::V4(SocketAddrV4::new(local_ip, local_port)),
+            peer: SocketAddr::V4(addr),
             read_timeout: None,
             write_timeout: None,
         };
@@ -344,13 +346,16 @@ impl TcpListener {
     pub fn accept_timeout(&self, timeout: Option<Duration>) -> io::Result<(TcpStream, SocketAddr)> {
         let port = self.port;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let h = block_on(&self.shared, deadline, false, |core, w| {
+        // A queued connection that died while it waited is still handed out, with the addresses
+        // it had (as Linux does): its first read reports the reset. accept() fails only when
+        // the stack stops or the timeout passes, never because of one connection.
+        let ready = block_on(&self.shared, deadline, false, |core, w| {
             let l = core.listeners.get_mut(&port)?;
             match l.queue.pop() {
-                Some(h) => {
-                    let st = core.sockets.get::<tcp::Socket>(h).state();
-                    core.conns.insert(h, Conn::new(st, false, None));
-                    Some(Ok(h))
+                Some(r) => {
+                    let st = core.sockets.get::<tcp::Socket>(r.handle).state();
+                    core.conns.insert(r.handle, Conn::new(st, false, None));
+                    Some(Ok(r))
                 }
                 None => {
                     l.queue.wait(w);
@@ -358,13 +363,15 @@ impl TcpListener {
                 }
             }
         })?;
+        let peer = to_std(ready.remote);
         let stream = TcpStream {
             shared: self.shared.clone(),
-            handle: h,
+            handle: ready.handle,
+            local: to_std(ready.local),
+            peer,
             read_timeout: None,
             write_timeout: None,
         };
-        let peer = stream.peer_addr()?;
         Ok((stream, peer))
     }
 
@@ -409,6 +416,9 @@ impl Drop for TcpListener {
 pub struct TcpStream {
     shared: Arc<Shared>,
     handle: SocketHandle,
+    /// The connection's addresses, kept: smoltcp forgets them when the connection is reset.
+    local: SocketAddr,
+    peer: SocketAddr,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
 }
@@ -431,16 +441,15 @@ impl TcpStream {
         Ok(r)
     }
 
+    /// The peer's address. Unlike `getpeername(2)` it still answers after a reset: it is the
+    /// address the connection had.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.with(|s| s.remote_endpoint())?
-            .map(to_std)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+        Ok(self.peer)
     }
 
+    /// The local address (the stack's address and the listening or ephemeral port).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.with(|s| s.local_endpoint())?
-            .map(to_std)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+        Ok(self.local)
     }
 
     /// Disables Nagle's algorithm (std's `set_nodelay`).

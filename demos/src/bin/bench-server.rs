@@ -122,9 +122,14 @@ fn accept_loop(mut accept: impl FnMut() -> io::Result<Conn> + Send + 'static, ha
                     eprintln!("bench-server: cannot spawn a connection thread: {e}");
                 }
             }
-            Err(e) => {
+            Err(e) if demos::accept_error_is_fatal(&e) => {
                 eprintln!("bench-server: accept: {e}");
                 return;
+            }
+            // One connection's trouble never stops the server.
+            Err(e) => {
+                tracing::debug!("accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
     });

@@ -97,9 +97,14 @@ fn main() -> ExitCode {
                 let _ = c.set_nodelay(true);
                 std::thread::spawn(move || serve_tcp(c));
             }
-            Err(e) => {
+            Err(e) if demos::accept_error_is_fatal(&e) => {
                 eprintln!("sockperf-server: accept: {e}");
                 return;
+            }
+            // One connection's trouble never stops the server.
+            Err(e) => {
+                tracing::debug!("accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
     });
