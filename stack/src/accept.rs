@@ -216,9 +216,9 @@ mod tests {
     use super::*;
     use smoltcp::{
         iface::{Config, Interface},
+        phy::ChecksumCapabilities,
         phy::{Loopback, Medium},
         time::Instant as SmolInstant,
-        phy::ChecksumCapabilities,
         wire::{
             HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
             TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
@@ -481,6 +481,7 @@ mod tests {
                         &t,
                         &ip.src_addr().into(),
                         &ip.dst_addr().into(),
+                        // The loopback device leaves checksums to "hardware".
                         &ChecksumCapabilities::ignored(),
                     )
                     .unwrap();

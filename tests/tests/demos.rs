@@ -238,3 +238,149 @@ fn detaching_under_a_running_service_stops_it_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// What `nmap -sS` does to a port, and what any client kernel does when a SYN-ACK reaches it
+/// with no socket: SYN, then RST at the SYN's sequence number + 1 (no ACK ever completes the
+/// handshake). Sent from `fake`, an address no kernel owns, `per_port` times for each port.
+fn syn_scan(
+    tb: &Testbed,
+    fake: std::net::Ipv4Addr,
+    ports: std::ops::RangeInclusive<u16>,
+    per_port: u16,
+) {
+    use testbed::{frames::Frame, netns::in_netns, raw::RawSender};
+    let host_mac = testbed::mac_of(&tb.host_if);
+    let (host, peer_if) = (tb.host_ip, tb.peer_if.clone());
+    in_netns(&tb.ns, move || {
+        let raw = RawSender::open(&peer_if).unwrap();
+        for n in 0..per_port {
+            for port in ports.clone() {
+                let sport = 40000 + n * 7 + (port % 7);
+                let isn = 1_000_000u32 * (n as u32 + 1) + port as u32;
+                let seg = |flags: u8, seq: u32| Frame {
+                    dst_mac: host_mac,
+                    tcp_flags: flags,
+                    seq,
+                    ..Frame::tcp(fake, host, sport, port)
+                };
+                raw.send(&seg(0x02, isn).build()).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(500));
+                raw.send(&seg(0x04, isn.wrapping_add(1)).build()).unwrap();
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// The service's own counters, through `xdp-loader stats --json`.
+fn service_runtime(tb: &Testbed) -> serde_json::Value {
+    let out = loader_ok(&["stats", &tb.host_if, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["services"][0]["stats"]["runtime"].clone()
+}
+
+#[test]
+fn demos_survive_a_syn_scan_and_keep_serving() {
+    if !require_root("demos_survive_a_syn_scan_and_keep_serving") {
+        return;
+    }
+    use std::io::{Read, Write};
+    for (demo, port) in [("tcp-echo", 7400u16), ("http-hello", 8090)] {
+        let tb = bed();
+        let p = port.to_string();
+        let mut svc = Service::start(demo, &args(&tb, &p));
+        // Replies to the scanner's address reach the peer's MAC, where no kernel owns the
+        // address: nothing answers for the scanner.
+        let o = tb.host_ip.octets();
+        let fake = std::net::Ipv4Addr::new(o[0], o[1], o[2], 77);
+        let peer_mac = tb.ns_ok("cat", &[&format!("/sys/class/net/{}/address", tb.peer_if)]);
+        testbed::run_ok(
+            "ip",
+            &[
+                "neigh",
+                "replace",
+                &fake.to_string(),
+                "lladdr",
+                peer_mac.trim(),
+                "dev",
+                &tb.host_if,
+                "nud",
+                "permanent",
+            ],
+        );
+
+        // An established connection before the scan (tcp-echo) that must survive it.
+        let to = std::net::SocketAddr::from((tb.host_ip, port));
+        let live = (demo == "tcp-echo").then(|| {
+            testbed::netns::in_netns(&tb.ns, move || {
+                let mut s =
+                    std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5))
+                        .unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                s.write_all(b"before").unwrap();
+                let mut b = [0u8; 6];
+                s.read_exact(&mut b).unwrap();
+                assert_eq!(&b, b"before");
+                s
+            })
+            .unwrap()
+        });
+
+        // The service's port 20 times over, and 200 ports around it once.
+        syn_scan(&tb, fake, port..=port, 20);
+        syn_scan(&tb, fake, port - 100..=port + 100, 1);
+
+        assert!(
+            svc.running(),
+            "{demo} died under the scan: {:?}",
+            svc.finish()
+        );
+        let rt = service_runtime(&tb);
+        assert!(
+            rt["EmbryonicRsts"].as_u64().unwrap_or(0) >= 1,
+            "{demo}: the aborted handshakes were counted: {rt}"
+        );
+        if let Some(mut s) = live {
+            s.write_all(b"after!").unwrap();
+            let mut b = [0u8; 6];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(
+                &b, b"after!",
+                "the established connection lived through the scan"
+            );
+        }
+        // New connections are still accepted and served.
+        if demo == "tcp-echo" {
+            let echoed = testbed::netns::in_netns(&tb.ns, move || {
+                let mut got = Vec::new();
+                for i in 0..5u8 {
+                    let mut s = std::net::TcpStream::connect_timeout(
+                        &to,
+                        std::time::Duration::from_secs(5),
+                    )
+                    .unwrap();
+                    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                        .unwrap();
+                    s.write_all(&[i; 100]).unwrap();
+                    let mut b = [0u8; 100];
+                    s.read_exact(&mut b).unwrap();
+                    got.push(b == [i; 100]);
+                }
+                got
+            })
+            .unwrap();
+            assert_eq!(echoed, vec![true; 5], "every new connection echoed");
+        } else {
+            let url = format!("http://{}:{port}/", tb.host_ip);
+            for _ in 0..5 {
+                let out = tb.ns("curl", &["-s", "-m", "5", &url]);
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout),
+                    "Hello from the AF_XDP stack!\n"
+                );
+            }
+        }
+        assert!(svc.running(), "{demo} still running");
+    }
+}
