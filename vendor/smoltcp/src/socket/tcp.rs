@@ -1988,7 +1988,21 @@ impl<'a> Socket<'a> {
                             TcpControl::None | TcpControl::Psh | TcpControl::Fin
                         )
                     {
-                        return Some(self.ack_reply(ip_repr, repr));
+                        let (ip, mut reply) = self.ack_reply(ip_repr, repr);
+                        // xsk-stack patch: RFC 2883 D-SACK: data we already had is reported
+                        // as the first SACK block, so the sender can tell a spurious
+                        // retransmission (or a duplicating path) from a loss.
+                        if self.remote_has_sack && segment_end <= window_start {
+                            reply.sack_ranges = [
+                                Some((segment_start.0 as u32, segment_end.0 as u32)),
+                                reply.sack_ranges[0],
+                                reply.sack_ranges[1],
+                            ];
+                            let mut ip = ip;
+                            ip.set_payload_len(reply.buffer_len());
+                            return Some((ip, reply));
+                        }
+                        return Some((ip, reply));
                     }
 
                     return self.challenge_ack_reply(cx, ip_repr, repr);
@@ -10354,6 +10368,87 @@ mod test {
                 payload: &b"a"[..],
                 ..RECV_TEMPL
             }]
+        );
+    }
+
+    #[test]
+    fn test_dsack_reports_a_duplicate_segment() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                ..RECV_TEMPL
+            }]
+        );
+        // The same segment again (a spurious retransmission, or a duplicating link): ACKed at
+        // once with the duplicate as a D-SACK block (RFC 2883).
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                sack_ranges: [
+                    Some(((REMOTE_SEQ + 1).0 as u32, (REMOTE_SEQ + 1 + 6).0 as u32)),
+                    None,
+                    None
+                ],
+                ..RECV_TEMPL
+            })
+        );
+        // Without SACK: a plain ACK.
+        let mut s = socket_established();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6),
+                window_len: 58,
+                ..RECV_TEMPL
+            })
         );
     }
 }
