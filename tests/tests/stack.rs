@@ -693,3 +693,64 @@ fn pins_of_a_recreated_interface_are_refused() {
     loader_ok(&["detach", &tb.host_if]);
     assert!(!steer_bpf::PinDir::new(None, &tb.host_if).exists());
 }
+
+#[test]
+fn a_connection_reset_before_accept_is_still_accepted_and_reads_the_reset() {
+    if !require_root("a_connection_reset_before_accept_is_still_accepted_and_reads_the_reset") {
+        return;
+    }
+    let bed = Bed::new();
+    let stack = bed.builder().start().unwrap();
+    let listener = stack.tcp_listen(7601).unwrap();
+    let to = bed.addr(7601);
+    // The client connects, then aborts (SO_LINGER 0: an RST) before the server accepts.
+    let client = bed.peer(move || {
+        let s = KTcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+        let local = s.local_addr().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a correctly sized option value.
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(s);
+        local
+    });
+    // Let the RST arrive and be processed while the connection sits in the accept queue.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stack.stats().unwrap().runtime.estab_resets == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let (mut c, peer) = listener
+        .accept_timeout(Some(Duration::from_secs(5)))
+        .expect("accept hands out the dead connection instead of failing");
+    assert_eq!(peer, client, "with the address it had");
+    assert_eq!(c.peer_addr().unwrap(), client);
+    let mut buf = [0u8; 16];
+    let err = c.read(&mut buf).expect_err("the first read reports the reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+
+    // The listener goes on: a new client is accepted and served.
+    let server = echo_server(listener);
+    let data = Arc::new(pattern(10_000, 3));
+    let back = bed.peer(move || {
+        echo_roundtrip(
+            KTcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap(),
+            data,
+        )
+    });
+    assert_eq!(back, pattern(10_000, 3));
+    drop(stack);
+    let _ = server.join();
+}
