@@ -17,6 +17,8 @@
 //!   `case | RFC | kernel | stack`; it panics on any unexpected FAIL (a kernel failure means the
 //!   expectation itself is wrong).
 //!
+//! `CONFORMANCE_TRACE=1` prints every case's exchange (failures always print their last 40 lines).
+//!
 //! Every wait is bounded. The host end gets TX checksum offload, TSO and GSO turned off (the
 //! testbed removes the interface, and with it the setting): the kernel then sends real segments
 //! with computed checksums, as over a real NIC, and the parser checks the IPv4 and TCP checksums
@@ -743,6 +745,8 @@ pub struct Conn {
     /// Timestamps negotiated; the server's latest TSval.
     pub ts: bool,
     pub ts_recent: u32,
+    /// The TSval of the last segment we sent on this connection.
+    pub last_tsval: u32,
     pub sack: bool,
     pub synack: Option<Segment>,
     /// The server's connection is gone (reset or fully closed): no RST at teardown.
@@ -787,6 +791,11 @@ impl<'a> Ctx<'a> {
     /// Sends a segment as given.
     pub fn send_out(&mut self, s: Out) -> Result<(), String> {
         self.note(format!(">> {s}"));
+        if s.sport == self.conn.sport {
+            if let Some((v, _)) = TcpOpts::parse(&s.opts).and_then(|o| o.ts) {
+                self.conn.last_tsval = v;
+            }
+        }
         self.peer.send(&s).map_err(|e| format!("send: {e}"))
     }
 
@@ -920,7 +929,9 @@ impl<'a> Ctx<'a> {
     /// Sends a SYN from a fresh port and waits for the SYN-ACK; records ISS/IRS. No ACK.
     pub fn syn_only(&mut self, o: &SynOpts) -> Result<Segment, String> {
         let sport = self.fresh_port();
-        let iss = 0x1000_0000u32.wrapping_mul(sport as u32 % 7 + 1).wrapping_add(12345);
+        let iss = 0x1000_0000u32
+            .wrapping_mul(sport as u32 % 7 + 1)
+            .wrapping_add(12345);
         self.conn = Conn {
             sport,
             iss,
@@ -1158,16 +1169,17 @@ pub fn run_family(family: &str, cases: &[Case]) {
                 trace: Vec::new(),
             };
             let t = Instant::now();
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.body)(&mut ctx)))
-                .unwrap_or_else(|p| {
-                    Err(format!(
-                        "panicked: {}",
-                        p.downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default()
-                    ))
-                });
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.body)(&mut ctx)))
+                    .unwrap_or_else(|p| {
+                        Err(format!(
+                            "panicked: {}",
+                            p.downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default()
+                        ))
+                    });
             ctx.teardown();
             let outcome = match (target, &r, case.stack) {
                 (_, Ok(()), Expect::Pass) | (Target::Kernel, Ok(()), _) => Outcome::Pass,
@@ -1180,8 +1192,14 @@ pub fn run_family(family: &str, cases: &[Case]) {
                 case.name,
                 t.elapsed().as_secs_f64(),
                 outcome.cell(),
-                r.as_ref().err().map(|e| format!(" — {e}")).unwrap_or_default()
+                r.as_ref()
+                    .err()
+                    .map(|e| format!(" — {e}"))
+                    .unwrap_or_default()
             );
+            if std::env::var_os("CONFORMANCE_TRACE").is_some() {
+                eprintln!("{}", ctx.trace.join("\n"));
+            }
             if let Err(e) = &r {
                 let tail: Vec<_> = ctx.trace.iter().rev().take(40).rev().cloned().collect();
                 details.push(format!(
@@ -1242,7 +1260,10 @@ pub fn run_family(family: &str, cases: &[Case]) {
         .flat_map(|(c, (k, s))| {
             let mut v = Vec::new();
             if let Outcome::Fail(e) = k {
-                v.push(format!("{} on the kernel (the expectation is wrong): {e}", c.name));
+                v.push(format!(
+                    "{} on the kernel (the expectation is wrong): {e}",
+                    c.name
+                ));
             }
             if let Outcome::Fail(e) = s {
                 v.push(format!("{} on the stack: {e}", c.name));

@@ -12,7 +12,9 @@ use std::{
 };
 
 use testbed::{
-    conformance::{opt, run_family, Case, Ctx, Expect, Out, Segment, SynOpts, ACK, FIN, PSH, RST, SYN},
+    conformance::{
+        opt, run_family, Case, Ctx, Expect, Out, Segment, SynOpts, ACK, FIN, PSH, RST, SYN,
+    },
     ensure, require_root,
 };
 
@@ -25,7 +27,8 @@ fn seq_lt(a: u32, b: u32) -> bool {
 
 /// The connection still works: an echo round through the server application.
 fn lives(c: &mut Ctx) -> Result<(), String> {
-    c.echo("alive").map_err(|e| format!("connection no longer works: {e}"))
+    c.echo("alive")
+        .map_err(|e| format!("connection no longer works: {e}"))
 }
 
 /// The server application's next read gets nothing within `d`.
@@ -44,7 +47,9 @@ fn exact_ack(c: &Ctx) -> impl Fn(&Segment) -> bool {
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -71,11 +76,18 @@ fn handshake_options(c: &mut Ctx) -> Result<(), String> {
         ..SynOpts::default()
     })?;
     let t_after = c.peer.tsval();
-    ensure!(sa.flags & !PSH == SYN | ACK, "SYN-ACK has flags {:#x}", sa.flags);
+    ensure!(
+        sa.flags & !PSH == SYN | ACK,
+        "SYN-ACK has flags {:#x}",
+        sa.flags
+    );
     ensure!(sa.payload.is_empty(), "SYN-ACK carries data");
     ensure!(sa.opts.mss.is_some(), "no MSS in the SYN-ACK: {sa}");
     ensure!(sa.opts.sack_ok, "no SACK-permitted in the SYN-ACK: {sa}");
-    ensure!(sa.opts.wscale.is_some(), "no window scale in the SYN-ACK: {sa}");
+    ensure!(
+        sa.opts.wscale.is_some(),
+        "no window scale in the SYN-ACK: {sa}"
+    );
     let Some((val, ecr)) = sa.opts.ts else {
         return Err(format!("no timestamps in the SYN-ACK: {sa}"));
     };
@@ -111,7 +123,12 @@ fn mss_respected(c: &mut Ctx) -> Result<(), String> {
     c.app_write(&data)?;
     let got = c.recv_data(data.len(), Duration::from_secs(3))?;
     ensure!(got == data, "data differs");
-    let max = c.data_segs.iter().map(|s| s.payload.len()).max().unwrap_or(0);
+    let max = c
+        .data_segs
+        .iter()
+        .map(|s| s.payload.len())
+        .max()
+        .unwrap_or(0);
     ensure!(max <= 536, "a data segment of {max} bytes exceeds MSS 536");
     Ok(())
 }
@@ -129,9 +146,14 @@ fn closed_port_answer(c: &mut Ctx) -> Result<(), String> {
     c.conn.sport = c.fresh_port();
     c.conn.closed = true;
     c.send(SYN, 4242, 0, &[], Some(opt::mss(1460)))?;
-    let s = c.expect(Duration::from_secs(2), "answer", |s| s.has(RST) || s.has(SYN))?;
+    let s = c.expect(Duration::from_secs(2), "answer", |s| {
+        s.has(RST) || s.has(SYN)
+    })?;
     ensure!(s.flags & !PSH == RST | ACK, "want RST/ACK, got {s}");
-    ensure!(s.ack == 4243 && s.seq == 0, "want seq 0 ack 4243 (SEG.SEQ+1), got {s}");
+    ensure!(
+        s.ack == 4243 && s.seq == 0,
+        "want seq 0 ack 4243 (SEG.SEQ+1), got {s}"
+    );
     Ok(())
 }
 
@@ -174,7 +196,9 @@ fn rst_exact_resets(c: &mut Ctx) -> Result<(), String> {
     c.expect_none(MS(200), "answer to a RST", |_| true)?;
     match c.app_read(Duration::from_secs(2)) {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(()),
-        other => Err(format!("server read after RST: {other:?}, not ConnectionReset")),
+        other => Err(format!(
+            "server read after RST: {other:?}, not ConnectionReset"
+        )),
     }
 }
 
@@ -194,7 +218,13 @@ fn server_abort_sends_rst(c: &mut Ctx) -> Result<(), String> {
 // SYN on a synchronized connection (RFC 5961 §4), SYN-RECEIVED reset.
 
 fn syn_challenge(c: &mut Ctx, seq: u32) -> Result<(), String> {
-    c.send(SYN, seq, 0, &[], Some(SynOpts::default().bytes(c.peer.tsval())))?;
+    c.send(
+        SYN,
+        seq,
+        0,
+        &[],
+        Some(SynOpts::default().bytes(c.peer.tsval())),
+    )?;
     let pred = exact_ack(c);
     let s = c.expect(Duration::from_secs(1), "challenge ACK", |s| {
         s.has(SYN) || s.has(RST) || pred(s)
@@ -254,9 +284,14 @@ fn ooo_reassembly_sack(c: &mut Ctx) -> Result<(), String> {
     c.send(ACK | PSH, s1, ack, &a, None)?;
     c.conn.snd_nxt = s2.wrapping_add(100);
     let end = c.conn.snd_nxt;
-    c.expect(Duration::from_secs(1), "cumulative ACK of both", |s| s.ack == end)?;
+    c.expect(Duration::from_secs(1), "cumulative ACK of both", |s| {
+        s.ack == end
+    })?;
     let got = c.app_read_exact(200, Duration::from_secs(2))?;
-    ensure!(got[..100] == a[..] && got[100..] == b[..], "app read out of order");
+    ensure!(
+        got[..100] == a[..] && got[100..] == b[..],
+        "app read out of order"
+    );
     Ok(())
 }
 
@@ -311,28 +346,34 @@ fn timestamps_echo(c: &mut Ctx) -> Result<(), String> {
     let sa = c.handshake(SynOpts::default())?;
     ensure!(c.conn.ts, "timestamps not negotiated");
     let sa_val = sa.opts.ts.map_or(0, |t| t.0);
-    let mut ours = Vec::new();
     for (i, p) in [b"a", b"b"].iter().enumerate() {
         thread::sleep(MS(30));
         let val = c.peer.tsval();
-        ours.push(val);
         let (seq, ack, recent) = (c.conn.snd_nxt, c.conn.rcv_nxt, c.conn.ts_recent);
         c.send(ACK | PSH, seq, ack, &p[..], Some(opt::ts(val, recent)))?;
         c.conn.snd_nxt = seq.wrapping_add(1);
         let end = c.conn.snd_nxt;
         let s = c.expect(Duration::from_secs(1), "ACK", |s| s.ack == end)?;
         let (_, ecr) = s.opts.ts.ok_or(format!("ACK {i} has no timestamps: {s}"))?;
-        ensure!(ecr == val, "ACK {i} echoes TSecr {ecr}, our TSval was {val}");
+        ensure!(
+            ecr == val,
+            "ACK {i} echoes TSecr {ecr}, our TSval was {val}"
+        );
     }
     c.app_read_exact(2, Duration::from_secs(1))?;
     let mut vals = Vec::new();
     for p in [b"x", b"y"] {
         thread::sleep(MS(100));
+        // TS.Recent is the TSval of our latest segment (the last ACK we sent).
+        let recent = c.conn.last_tsval;
         c.app_write(p)?;
         c.recv_data(1, Duration::from_secs(2))?;
         let s = c.data_segs.last().cloned().ok_or("no data segment")?;
         let (val, ecr) = s.opts.ts.ok_or(format!("data without timestamps: {s}"))?;
-        ensure!(ecr == ours[1], "data segment echoes {ecr}, our latest TSval was {}", ours[1]);
+        ensure!(
+            ecr == recent,
+            "data segment echoes {ecr}, our latest TSval was {recent}"
+        );
         vals.push(val);
     }
     ensure!(
@@ -362,11 +403,18 @@ fn window_scale_respected(c: &mut Ctx) -> Result<(), String> {
     let end = segs
         .iter()
         .filter(|s| !s.payload.is_empty())
-        .map(|s| s.seq.wrapping_add(s.payload.len() as u32).wrapping_sub(start))
+        .map(|s| {
+            s.seq
+                .wrapping_add(s.payload.len() as u32)
+                .wrapping_sub(start)
+        })
         .max()
         .unwrap_or(0);
     ensure!(end > 0, "no data sent into a 2048-byte window");
-    ensure!(end <= 2048, "sent {end} bytes into a 2048-byte (scaled) window");
+    ensure!(
+        end <= 2048,
+        "sent {end} bytes into a 2048-byte (scaled) window"
+    );
     for s in segs.into_iter().rev() {
         c.unread(s);
     }
@@ -406,7 +454,10 @@ fn zero_window_probe(c: &mut Ctx) -> Result<(), String> {
         first >= MS(100),
         "first probe {first:?} after the write: not after an RTO"
     );
-    ensure!(first <= Duration::from_secs(3), "first probe only after {first:?}");
+    ensure!(
+        first <= Duration::from_secs(3),
+        "first probe only after {first:?}"
+    );
     c.conn.window = 65535;
     c.send_ack()?;
     let got = c.recv_data(data.len(), Duration::from_secs(3))?;
@@ -423,7 +474,11 @@ fn server_active_close_time_wait(c: &mut Ctx) -> Result<(), String> {
     c.server()?.shutdown_write().map_err(|e| e.to_string())?;
     let nxt = c.server_nxt();
     let f = c.expect(Duration::from_secs(2), "FIN", |s| s.has(FIN))?;
-    ensure!(f.seq == nxt && f.payload.is_empty(), "FIN at {} (want {nxt}): {f}", f.seq);
+    ensure!(
+        f.seq == nxt && f.payload.is_empty(),
+        "FIN at {} (want {nxt}): {f}",
+        f.seq
+    );
     c.conn.rcv_nxt = nxt.wrapping_add(1);
     c.send_ack()?;
     c.expect_none(MS(300), "FIN retransmission", |s| s.has(FIN))?;
@@ -438,7 +493,11 @@ fn server_active_close_time_wait(c: &mut Ctx) -> Result<(), String> {
     }
     // TIME-WAIT: a retransmitted FIN is acknowledged again.
     c.send(FIN | ACK, seq, ack, &[], None)?;
-    c.expect(Duration::from_secs(1), "re-ACK of the FIN in TIME-WAIT", &pred)?;
+    c.expect(
+        Duration::from_secs(1),
+        "re-ACK of the FIN in TIME-WAIT",
+        &pred,
+    )?;
     c.conn.closed = true;
     Ok(())
 }
@@ -471,7 +530,9 @@ fn fin_with_data(c: &mut Ctx) -> Result<(), String> {
     c.send(FIN | ACK | PSH, seq, ack, b"bye", None)?;
     c.conn.snd_nxt = seq.wrapping_add(4);
     let end = c.conn.snd_nxt;
-    c.expect(Duration::from_secs(1), "ACK of data and FIN", |s| s.ack == end)?;
+    c.expect(Duration::from_secs(1), "ACK of data and FIN", |s| {
+        s.ack == end
+    })?;
     let got = c.app_read_exact(3, Duration::from_secs(1))?;
     ensure!(got == b"bye", "read {got:?}");
     match c.app_read(Duration::from_secs(1)) {
@@ -480,7 +541,9 @@ fn fin_with_data(c: &mut Ctx) -> Result<(), String> {
     }
     c.server()?.shutdown_write().map_err(|e| e.to_string())?;
     let nxt = c.server_nxt();
-    c.expect(Duration::from_secs(2), "FIN", |s| s.has(FIN) && s.seq == nxt)?;
+    c.expect(Duration::from_secs(2), "FIN", |s| {
+        s.has(FIN) && s.seq == nxt
+    })?;
     c.conn.rcv_nxt = nxt.wrapping_add(1);
     c.send_ack()?;
     c.conn.closed = true;
@@ -503,7 +566,9 @@ fn rto_backoff(c: &mut Ctx) -> Result<(), String> {
     let mut gap = Duration::from_millis(1500);
     while times.len() < 5 {
         let s = c
-            .expect(gap * 3, "retransmission", |s| s.seq == nxt && !s.payload.is_empty())
+            .expect(gap * 3, "retransmission", |s| {
+                s.seq == nxt && !s.payload.is_empty()
+            })
             .map_err(|e| format!("{e} after {} retransmissions", times.len() - 1))?;
         gap = s.at - *times.last().unwrap_or(&s.at);
         times.push(s.at);
@@ -514,7 +579,10 @@ fn rto_backoff(c: &mut Ctx) -> Result<(), String> {
             );
         }
     }
-    let gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
     for w in gaps.windows(2) {
         let r = w[1] / w[0];
         ensure!(
@@ -548,7 +616,11 @@ fn five_segments(c: &mut Ctx, sack: bool) -> Result<Vec<u32>, String> {
             .map_err(|e| format!("{e}: saw {seen:?}"))?;
         match want.iter().position(|&w| w == s.seq) {
             Some(i) if s.payload.len() == 536 => seen[i] = true,
-            _ => return Err(format!("unexpected data segment {s} (want 536-byte segments)")),
+            _ => {
+                return Err(format!(
+                    "unexpected data segment {s} (want 536-byte segments)"
+                ))
+            }
         }
     }
     Ok(want)
@@ -561,9 +633,11 @@ fn fast_retransmit(c: &mut Ctx) -> Result<(), String> {
         c.send(ACK, snd, seqs[0], &[], None)?;
     }
     let t_dup = Instant::now();
-    let s = c.expect(Duration::from_secs(3), "retransmission of the first segment", |s| {
-        s.seq == seqs[0] && !s.payload.is_empty()
-    })?;
+    let s = c.expect(
+        Duration::from_secs(3),
+        "retransmission of the first segment",
+        |s| s.seq == seqs[0] && !s.payload.is_empty(),
+    )?;
     let dt = s.at - t_dup;
     ensure!(
         dt < MS(150),
@@ -642,7 +716,7 @@ fn port_scan_while_echo(c: &mut Ctx) -> Result<(), String> {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(3);
-    let mut idx = 0;
+    let (mut idx, mut synacks) = (0, 0);
     while !pending.is_empty() {
         let s = if idx < c.others.len() {
             idx += 1;
@@ -659,9 +733,19 @@ fn port_scan_while_echo(c: &mut Ctx) -> Result<(), String> {
         let Some(&p) = pending.get(&s.dport) else {
             continue;
         };
-        ensure!(s.sport == p, "answer from port {} to a SYN for {p}", s.sport);
-        ensure!(s.ack == ISS + 1, "answer acks {} (want {}): {s}", s.ack, ISS + 1);
+        ensure!(
+            s.sport == p,
+            "answer from port {} to a SYN for {p}",
+            s.sport
+        );
+        ensure!(
+            s.ack == ISS + 1,
+            "answer acks {} (want {}): {s}",
+            s.ack,
+            ISS + 1
+        );
         if s.has(SYN | ACK) {
+            synacks += 1;
             c.send_out(Out {
                 sport: s.dport,
                 dport: p,
@@ -683,6 +767,16 @@ fn port_scan_while_echo(c: &mut Ctx) -> Result<(), String> {
         pending.len(),
         pending.values().take(5).collect::<Vec<_>>()
     );
+    // At least the listener under test answered with a SYN-ACK (the other target's listener is
+    // in the range too); every other port with a RST.
+    ensure!(
+        synacks >= 1,
+        "no SYN-ACK from the listening port during the scan"
+    );
+    c.note(format!(
+        "scan: {} SYNs, {synacks} SYN-ACKs, the rest RSTs",
+        hi - lo
+    ));
     for i in 0..3 {
         c.echo(&format!("after the scan {i}"))?;
     }
