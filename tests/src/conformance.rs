@@ -394,7 +394,7 @@ impl Peer {
     /// Sends one segment from `ip` to the host.
     pub fn send(&self, s: &Out) -> io::Result<()> {
         let mut opts = s.opts.clone();
-        while opts.len() % 4 != 0 {
+        while opts.len() & 3 != 0 {
             opts.push(0);
         }
         let mut tcp = Vec::with_capacity(20 + opts.len() + s.payload.len());
@@ -454,10 +454,7 @@ impl Peer {
                 }
                 continue;
             }
-            loop {
-                let Some((len, outgoing)) = self.recv_frame(&mut buf) else {
-                    break;
-                };
+            while let Some((len, outgoing)) = self.recv_frame(&mut buf) {
                 let Some(s) = Segment::parse(&buf[..len], Instant::now()) else {
                     continue;
                 };
@@ -498,7 +495,7 @@ impl Peer {
         if n <= 0 {
             return None;
         }
-        Some((n as usize, sa.sll_pkttype == libc::PACKET_OUTGOING as u8))
+        Some((n as usize, sa.sll_pkttype == libc::PACKET_OUTGOING))
     }
 
     /// Throws away whatever is queued.
