@@ -66,7 +66,9 @@ fn peer_kernel_stays_silent(c: &mut Ctx) -> Result<(), String> {
         "the peer kernel answered for {} with a RST",
         c.peer.ip
     );
-    Ok(())
+    // Complete the connection (a half-open one would leave the listener to a later case).
+    c.send_ack()?;
+    c.accept()
 }
 
 fn handshake_options(c: &mut Ctx) -> Result<(), String> {
@@ -274,6 +276,18 @@ fn syn_old_isn_on_established(c: &mut Ctx) -> Result<(), String> {
     syn_challenge(c, iss)
 }
 
+fn bad_ack_in_syn_received_rst(c: &mut Ctx) -> Result<(), String> {
+    // SYN-RECEIVED, the ACK acknowledges something never sent: <SEQ=SEG.ACK><CTL=RST>.
+    let sa = c.syn_only(&SynOpts::default())?;
+    let bad = sa.seq.wrapping_add(1000);
+    let seq = c.conn.snd_nxt;
+    c.send(ACK, seq, bad, &[], None)?;
+    let s = c.expect(Duration::from_secs(1), "RST", |s| s.has(RST) || s.has(SYN))?;
+    ensure!(s.has(RST), "want a RST, got {s}");
+    ensure!(s.seq == bad, "RST seq {} (want SEG.ACK {bad})", s.seq);
+    Ok(())
+}
+
 fn syn_rst_then_connect(c: &mut Ctx) -> Result<(), String> {
     c.syn_only(&SynOpts::default())?;
     let seq = c.conn.iss.wrapping_add(1);
@@ -331,6 +345,49 @@ fn old_duplicate_data(c: &mut Ctx) -> Result<(), String> {
         s.is_pure_ack() && s.ack == end
     })?;
     app_reads_nothing(c, MS(300))?;
+    lives(c)
+}
+
+fn overlapping_retransmission_trimmed(c: &mut Ctx) -> Result<(), String> {
+    // A segment that starts left of RCV.NXT: the old part is trimmed, the new part accepted.
+    c.handshake(SynOpts::default())?;
+    c.send_data(b"01234")?;
+    let end = c.conn.snd_nxt;
+    c.expect(Duration::from_secs(1), "ACK", |s| s.ack == end)?;
+    let seq = end.wrapping_sub(5);
+    let ack = c.conn.rcv_nxt;
+    c.send(ACK | PSH, seq, ack, b"0123456789", None)?;
+    c.conn.snd_nxt = seq.wrapping_add(10);
+    let end = c.conn.snd_nxt;
+    c.expect(Duration::from_secs(1), "ACK of the new part", |s| {
+        s.ack == end
+    })?;
+    let got = c.app_read_exact(10, Duration::from_secs(1))?;
+    ensure!(got == b"0123456789", "read {got:?}");
+    app_reads_nothing(c, MS(200))
+}
+
+fn data_beyond_window_acked(c: &mut Ctx) -> Result<(), String> {
+    // Unacceptable segment (right of the window): answered with an ACK, dropped.
+    let sa = c.handshake(SynOpts::default())?;
+    let seq = c.conn.snd_nxt.wrapping_add(sa.window as u32 * 4 + 1000);
+    let ack = c.conn.rcv_nxt;
+    c.send(ACK | PSH, seq, ack, b"far", None)?;
+    let pred = exact_ack(c);
+    c.expect(Duration::from_secs(1), "ACK", pred)?;
+    app_reads_nothing(c, MS(200))?;
+    lives(c)
+}
+
+fn keepalive_probe_answered(c: &mut Ctx) -> Result<(), String> {
+    // A keep-alive (SEG.SEQ = RCV.NXT-1, no data) is answered with an ACK of RCV.NXT.
+    c.handshake(SynOpts::default())?;
+    lives(c)?;
+    let seq = c.conn.snd_nxt.wrapping_sub(1);
+    let ack = c.conn.rcv_nxt;
+    c.send(ACK, seq, ack, &[], None)?;
+    let pred = exact_ack(c);
+    c.expect(Duration::from_secs(1), "ACK of the keep-alive", pred)?;
     lives(c)
 }
 
@@ -874,6 +931,7 @@ fn conformance_syn() {
             case!(syn_in_window_on_established, "5961 4.2"),
             case!(syn_old_isn_on_established, "5961 4.2; 9293 3.10.7.4"),
             case!(syn_rst_then_connect, "9293 3.10.7.3, 3.5"),
+            case!(bad_ack_in_syn_received_rst, "9293 3.10.7.4 (SYN-RECEIVED)"),
         ],
     );
 }
@@ -885,6 +943,9 @@ fn conformance_data() {
         &[
             case!(ooo_reassembly_sack, "9293 3.10.7.4; 2018 4"),
             case!(old_duplicate_data, "9293 3.10.7.4"),
+            case!(overlapping_retransmission_trimmed, "9293 3.10.7.4 (trim)"),
+            case!(data_beyond_window_acked, "9293 3.10.7.4 (first check)"),
+            case!(keepalive_probe_answered, "1122 4.2.3.6; 9293 3.8.4"),
             case!(ack_for_unsent_data, "9293 3.10.7.4; 5961 5.2"),
             case!(old_ack_data_accepted, "9293 3.10.7.4; 5961 5.2"),
             case!(timestamps_echo, "7323 3.2, 4.3"),
