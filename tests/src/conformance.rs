@@ -758,6 +758,7 @@ pub struct Ctx<'a> {
     pub port: u16,
     pub conn: Conn,
     server: Option<Box<dyn ServerConn>>,
+    pending_accept: Option<mpsc::Receiver<Result<Box<dyn ServerConn>, String>>>,
     acceptor: Arc<dyn Acceptor>,
     ports: &'a AtomicU16,
     /// Received segments not yet consumed (kept by `expect` for later expectations).
@@ -956,8 +957,15 @@ impl<'a> Ctx<'a> {
     /// Accepts the server side of the current connection (helper thread, 3 s). Connections from
     /// other ports that the listener hands out first are dropped and traced.
     pub fn accept(&mut self) -> Result<(), String> {
+        self.accept_start(Some(self.conn.sport));
+        self.accept_wait()
+    }
+
+    /// Starts the server application's accept on a helper thread, as a server blocked in accept
+    /// before any SYN arrives. `want`: the peer port to wait for (others are dropped and traced);
+    /// `None`: the first connection the listener hands out. Finish with [`Ctx::accept_wait`].
+    pub fn accept_start(&mut self, want: Option<u16>) {
         let acceptor = self.acceptor.clone();
-        let want = self.conn.sport;
         let (tx, rx) = mpsc::channel::<Result<Box<dyn ServerConn>, String>>();
         thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(3);
@@ -967,10 +975,11 @@ impl<'a> Ctx<'a> {
                     break Err("accept timed out".to_string());
                 }
                 match acceptor.accept(left) {
-                    Ok(c) => match c.peer_port() {
-                        Ok(p) if p == want => break Ok(c),
+                    Ok(c) => match (c.peer_port(), want) {
+                        (Ok(p), Some(w)) if p == w => break Ok(c),
+                        (_, None) => break Ok(c),
                         // Not ours: a leftover of an earlier exchange.
-                        other => {
+                        (other, _) => {
                             let _ = tx.send(Err(format!("skipped a connection from {other:?}")));
                         }
                     },
@@ -979,11 +988,29 @@ impl<'a> Ctx<'a> {
             };
             let _ = tx.send(r);
         });
+        self.pending_accept = Some(rx);
+    }
+
+    /// Waits for the accept started by [`Ctx::accept_start`]; the connection must be the
+    /// current one (peer port = our port).
+    pub fn accept_wait(&mut self) -> Result<(), String> {
+        let rx = self
+            .pending_accept
+            .take()
+            .ok_or("accept_wait without accept_start")?;
         let deadline = Instant::now() + Duration::from_secs(4);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(Ok(c)) => {
+                    let port = c.peer_port();
+                    if port.as_ref().ok() != Some(&self.conn.sport) {
+                        return Err(format!(
+                            "accept returned the connection from port {port:?}, not the live one \
+                             from {}",
+                            self.conn.sport
+                        ));
+                    }
                     self.server = Some(c);
                     return Ok(());
                 }
@@ -1157,6 +1184,7 @@ pub fn run_family(family: &str, cases: &[Case]) {
                 port,
                 conn: Conn::default(),
                 server: None,
+                pending_accept: None,
                 acceptor: acceptor.clone(),
                 ports: &ports,
                 backlog: VecDeque::new(),
