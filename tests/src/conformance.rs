@@ -324,8 +324,8 @@ pub struct Peer {
     pub host_mac: [u8; 6],
     /// Outgoing RSTs from `ip` seen on the wire that we did not send (the peer kernel answering).
     pub foreign_rsts: std::cell::Cell<u32>,
-    sent_rsts: std::cell::Cell<u32>,
-    seen_out_rsts: std::cell::Cell<u32>,
+    /// (source port, destination port, seq) of every RST we sent.
+    sent_rsts: std::cell::RefCell<std::collections::HashSet<(u16, u16, u32)>>,
     t0: Instant,
 }
 
@@ -381,7 +381,6 @@ impl Peer {
             host_mac: crate::mac_of(&tb.host_if),
             foreign_rsts: Default::default(),
             sent_rsts: Default::default(),
-            seen_out_rsts: Default::default(),
             t0: Instant::now(),
         }
     }
@@ -430,7 +429,9 @@ impl Peer {
         f.extend_from_slice(&ip);
         f.extend_from_slice(&tcp);
         if s.flags & RST != 0 {
-            self.sent_rsts.set(self.sent_rsts.get() + 1);
+            self.sent_rsts
+                .borrow_mut()
+                .insert((s.sport, s.dport, s.seq));
         }
         self.tx.send(&f)
     }
@@ -459,13 +460,9 @@ impl Peer {
                     continue;
                 };
                 if outgoing {
-                    if s.src == self.ip && s.has(RST) {
-                        self.seen_out_rsts.set(self.seen_out_rsts.get() + 1);
-                        let foreign = self
-                            .seen_out_rsts
-                            .get()
-                            .saturating_sub(self.sent_rsts.get());
-                        self.foreign_rsts.set(foreign);
+                    let ours = self.sent_rsts.borrow().contains(&(s.sport, s.dport, s.seq));
+                    if s.src == self.ip && s.has(RST) && !ours {
+                        self.foreign_rsts.set(self.foreign_rsts.get() + 1);
                     }
                     continue;
                 }
