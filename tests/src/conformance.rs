@@ -960,7 +960,8 @@ impl<'a> Ctx<'a> {
 
     /// Starts the server application's accept on a helper thread, as a server blocked in accept
     /// before any SYN arrives. `want`: the peer port to wait for (others are dropped and traced);
-    /// `None`: the first connection the listener hands out. Finish with [`Ctx::accept_wait`].
+    /// `None`: the first connection the listener hands out, and any accept error is a failure.
+    /// Finish with [`Ctx::accept_wait`].
     pub fn accept_start(&mut self, want: Option<u16>) {
         let acceptor = self.acceptor.clone();
         let (tx, rx) = mpsc::channel::<Result<Box<dyn ServerConn>, String>>();
@@ -980,6 +981,12 @@ impl<'a> Ctx<'a> {
                             let _ = tx.send(Err(format!("skipped a connection from {other:?}")));
                         }
                     },
+                    // A server loops over accept errors; ordinary cases do too, so that
+                    // only the case about the listener fails on a broken accept queue.
+                    Err(e) if want.is_some() && e.kind() != io::ErrorKind::TimedOut => {
+                        let _ = tx.send(Err(format!("skipped an accept error: {e}")));
+                        thread::sleep(Duration::from_millis(10));
+                    }
                     Err(e) => break Err(format!("accept: {e}")),
                 }
             };
