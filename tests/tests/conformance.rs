@@ -159,6 +159,37 @@ fn synack_retransmitted(c: &mut Ctx) -> Result<(), String> {
     lives(c)
 }
 
+/// Data on a SYN: Linux (no TCP Fast Open cookie) and the stack both acknowledge only the SYN
+/// and drop the data; RFC 9293 3.10.7.2 would also allow queueing it (SEG.SEQ+1+len acked).
+/// Either way the application reads the data once the peer resends it.
+fn syn_with_data(c: &mut Ctx) -> Result<(), String> {
+    const ISS: u32 = 5000;
+    c.conn.sport = c.fresh_port();
+    c.conn.closed = true;
+    c.send(SYN, ISS, 0, b"early", Some(opt::mss(1460)))?;
+    let s = c.expect(Duration::from_secs(2), "SYN-ACK", |s| {
+        s.has(SYN) || s.has(RST)
+    })?;
+    ensure!(s.has(SYN | ACK), "want a SYN-ACK, got {s}");
+    ensure!(
+        s.ack == ISS + 1 || s.ack == ISS + 6,
+        "SYN-ACK acks {} (want ISS+1, or ISS+6 with the data)",
+        s.ack
+    );
+    c.conn.closed = false;
+    c.conn.snd_nxt = s.ack;
+    c.conn.rcv_nxt = s.seq.wrapping_add(1);
+    c.conn.window = 65535;
+    c.send_ack()?;
+    c.accept()?;
+    if s.ack == ISS + 1 {
+        c.send_data(b"early")?;
+    }
+    let got = c.app_read_exact(5, Duration::from_secs(1))?;
+    ensure!(got == b"early", "read {got:?}");
+    app_reads_nothing(c, MS(200))
+}
+
 fn closed_port_rst(c: &mut Ctx) -> Result<(), String> {
     // No listener on port+100 (on the stack's host that port is not steered: the kernel answers
     // for the host either way).
@@ -340,6 +371,29 @@ fn ooo_reassembly_sack(c: &mut Ctx) -> Result<(), String> {
         got[..100] == a[..] && got[100..] == b[..],
         "app read out of order"
     );
+    Ok(())
+}
+
+fn ooo_without_sack(c: &mut Ctx) -> Result<(), String> {
+    // Without SACK-permitted: the duplicate ACK carries no SACK blocks; reassembly still works.
+    c.handshake(SynOpts {
+        sack: false,
+        ..SynOpts::default()
+    })?;
+    let s1 = c.conn.snd_nxt;
+    let ack = c.conn.rcv_nxt;
+    c.send(ACK | PSH, s1.wrapping_add(10), ack, b"later", None)?;
+    let d = c.expect(Duration::from_secs(1), "duplicate ACK", |s| s.ack == s1)?;
+    ensure!(
+        d.opts.sack.is_empty(),
+        "SACK blocks without SACK-permitted: {d}"
+    );
+    c.send(ACK | PSH, s1, ack, b"0123456789", None)?;
+    c.conn.snd_nxt = s1.wrapping_add(15);
+    let end = c.conn.snd_nxt;
+    c.expect(Duration::from_secs(1), "cumulative ACK", |s| s.ack == end)?;
+    let got = c.app_read_exact(15, Duration::from_secs(1))?;
+    ensure!(got == b"0123456789later", "app read {got:?}");
     Ok(())
 }
 
@@ -619,6 +673,32 @@ fn peer_active_close(c: &mut Ctx) -> Result<(), String> {
     c.send_ack()?;
     c.conn.closed = true;
     c.expect_none(MS(400), "segment after the last ACK", |_| true)
+}
+
+fn simultaneous_close(c: &mut Ctx) -> Result<(), String> {
+    // Both FINs cross (ours does not acknowledge the server's): FIN-WAIT-1 -> CLOSING ->
+    // TIME-WAIT on the server; it ACKs our FIN and stops retransmitting once we ACK its FIN.
+    c.handshake(SynOpts::default())?;
+    lives(c)?;
+    c.server()?.shutdown_write().map_err(|e| e.to_string())?;
+    let nxt = c.server_nxt();
+    c.expect(Duration::from_secs(2), "FIN", |s| {
+        s.has(FIN) && s.seq == nxt
+    })?;
+    let (seq, ack) = (c.conn.snd_nxt, c.conn.rcv_nxt);
+    c.send(FIN | ACK, seq, ack, &[], None)?;
+    c.conn.snd_nxt = seq.wrapping_add(1);
+    let want = c.conn.snd_nxt;
+    let s = c.expect(Duration::from_secs(1), "ACK of our FIN", |s| {
+        s.has(RST) || s.ack == want
+    })?;
+    ensure!(!s.has(RST), "RST in a simultaneous close: {s}");
+    c.conn.rcv_nxt = nxt.wrapping_add(1);
+    c.send_ack()?;
+    c.conn.closed = true;
+    c.expect_none(MS(300), "FIN retransmission or RST", |s| {
+        s.has(FIN) || s.has(RST)
+    })
 }
 
 fn fin_with_data(c: &mut Ctx) -> Result<(), String> {
@@ -923,6 +1003,7 @@ fn conformance_handshake() {
             case!(no_options_no_extensions, "7323 2.2,3.2; 2018 2"),
             case!(mss_respected, "9293 3.7.1; 6691"),
             case!(synack_retransmitted, "9293 3.8.1; 6298 2.1, 5"),
+            case!(syn_with_data, "9293 3.10.7.2"),
             case!(closed_port_rst, "9293 3.10.7.1"),
         ],
     );
@@ -960,6 +1041,7 @@ fn conformance_data() {
         "data",
         &[
             case!(ooo_reassembly_sack, "9293 3.10.7.4; 2018 4"),
+            case!(ooo_without_sack, "9293 3.10.7.4; 2018 3"),
             case!(old_duplicate_data, "9293 3.10.7.4"),
             case!(overlapping_retransmission_trimmed, "9293 3.10.7.4 (trim)"),
             case!(data_beyond_window_acked, "9293 3.10.7.4 (first check)"),
@@ -990,6 +1072,7 @@ fn conformance_close() {
             case!(server_active_close_time_wait, "9293 3.6, 3.10.7.4"),
             case!(peer_active_close, "9293 3.6"),
             case!(fin_with_data, "9293 3.10.7.4"),
+            case!(simultaneous_close, "9293 3.6 (CLOSING)"),
         ],
     );
 }
