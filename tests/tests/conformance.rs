@@ -18,7 +18,9 @@ use testbed::{
     ensure, require_root,
 };
 
-const MS: fn(u64) -> Duration = Duration::from_millis;
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 /// `a < b` in sequence space.
 fn seq_lt(a: u32, b: u32) -> bool {
@@ -60,7 +62,7 @@ fn peer_kernel_stays_silent(c: &mut Ctx) -> Result<(), String> {
     // with a RST (no socket), which the harness would see leaving the peer.
     c.syn_only(&SynOpts::default())?;
     let before = c.peer.foreign_rsts.get();
-    let _ = c.collect(MS(300));
+    let _ = c.collect(ms(300));
     ensure!(
         c.peer.foreign_rsts.get() == before,
         "the peer kernel answered for {} with a RST",
@@ -151,7 +153,7 @@ fn synack_retransmitted(c: &mut Ctx) -> Result<(), String> {
     );
     let dt = again.at - sa.at;
     ensure!(
-        dt >= MS(500) && dt <= Duration::from_secs(3),
+        dt >= ms(500) && dt <= Duration::from_secs(3),
         "SYN-ACK retransmitted after {dt:?} (initial RTO 1 s)"
     );
     c.send_ack()?;
@@ -187,7 +189,7 @@ fn syn_with_data(c: &mut Ctx) -> Result<(), String> {
     }
     let got = c.app_read_exact(5, Duration::from_secs(1))?;
     ensure!(got == b"early", "read {got:?}");
-    app_reads_nothing(c, MS(200))
+    app_reads_nothing(c, ms(200))
 }
 
 fn closed_port_rst(c: &mut Ctx) -> Result<(), String> {
@@ -222,7 +224,7 @@ fn rst_out_of_window_ignored(c: &mut Ctx) -> Result<(), String> {
     let seq = c.conn.snd_nxt.wrapping_add(0x4000_0000);
     let ack = c.conn.rcv_nxt;
     c.send(RST | ACK, seq, ack, &[], None)?;
-    c.expect_none(MS(300), "answer to an out-of-window RST", |_| true)?;
+    c.expect_none(ms(300), "answer to an out-of-window RST", |_| true)?;
     lives(c)
 }
 
@@ -250,7 +252,7 @@ fn rst_exact_resets(c: &mut Ctx) -> Result<(), String> {
     let (seq, ack) = (c.conn.snd_nxt, c.conn.rcv_nxt);
     c.send(RST | ACK, seq, ack, &[], None)?;
     c.conn.closed = true;
-    c.expect_none(MS(200), "answer to a RST", |_| true)?;
+    c.expect_none(ms(200), "answer to a RST", |_| true)?;
     match c.app_read(Duration::from_secs(2)) {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(()),
         other => Err(format!(
@@ -292,7 +294,7 @@ fn syn_challenge(c: &mut Ctx, seq: u32) -> Result<(), String> {
         !s.has(SYN) && !s.has(RST),
         "answered a SYN on an established connection with {s} (want a challenge ACK)"
     );
-    c.expect_none(MS(300), "SYN-ACK or RST", |s| s.has(SYN) || s.has(RST))?;
+    c.expect_none(ms(300), "SYN-ACK or RST", |s| s.has(SYN) || s.has(RST))?;
     lives(c)
 }
 
@@ -333,7 +335,7 @@ fn syn_rst_then_connect(c: &mut Ctx) -> Result<(), String> {
         let seq = c.conn.iss.wrapping_add(1);
         c.send(RST, seq, 0, &[], Some(Vec::new()))?;
         c.conn.closed = true;
-        thread::sleep(MS(20));
+        thread::sleep(ms(20));
     }
     c.syn_only(&SynOpts::default())
         .map_err(|e| format!("the listener after SYN, SYN-ACK, RST: {e}"))?;
@@ -359,7 +361,7 @@ fn ooo_reassembly_sack(c: &mut Ctx) -> Result<(), String> {
         d.opts.sack.contains(&(s2, s2.wrapping_add(100))),
         "the duplicate ACK has no SACK block for the out-of-order segment: {d}"
     );
-    app_reads_nothing(c, MS(200))?;
+    app_reads_nothing(c, ms(200))?;
     c.send(ACK | PSH, s1, ack, &a, None)?;
     c.conn.snd_nxt = s2.wrapping_add(100);
     let end = c.conn.snd_nxt;
@@ -410,7 +412,7 @@ fn old_duplicate_data(c: &mut Ctx) -> Result<(), String> {
     c.expect(Duration::from_secs(1), "ACK of the duplicate", |s| {
         s.is_pure_ack() && s.ack == end
     })?;
-    app_reads_nothing(c, MS(300))?;
+    app_reads_nothing(c, ms(300))?;
     lives(c)
 }
 
@@ -430,7 +432,7 @@ fn overlapping_retransmission_trimmed(c: &mut Ctx) -> Result<(), String> {
     })?;
     let got = c.app_read_exact(10, Duration::from_secs(1))?;
     ensure!(got == b"0123456789", "read {got:?}");
-    app_reads_nothing(c, MS(200))
+    app_reads_nothing(c, ms(200))
 }
 
 fn data_beyond_window_acked(c: &mut Ctx) -> Result<(), String> {
@@ -441,7 +443,7 @@ fn data_beyond_window_acked(c: &mut Ctx) -> Result<(), String> {
     c.send(ACK | PSH, seq, ack, b"far", None)?;
     let pred = exact_ack(c);
     c.expect(Duration::from_secs(1), "ACK", pred)?;
-    app_reads_nothing(c, MS(200))?;
+    app_reads_nothing(c, ms(200))?;
     lives(c)
 }
 
@@ -466,7 +468,7 @@ fn ack_for_unsent_data(c: &mut Ctx) -> Result<(), String> {
     c.send(ACK | PSH, seq, bogus, b"bogus", None)?;
     let pred = exact_ack(c);
     c.expect(Duration::from_secs(1), "ACK (data not accepted)", pred)?;
-    app_reads_nothing(c, MS(300))?;
+    app_reads_nothing(c, ms(300))?;
     lives(c)
 }
 
@@ -493,7 +495,7 @@ fn timestamps_echo(c: &mut Ctx) -> Result<(), String> {
     ensure!(c.conn.ts, "timestamps not negotiated");
     let sa_val = sa.opts.ts.map_or(0, |t| t.0);
     for (i, p) in [b"a", b"b"].iter().enumerate() {
-        thread::sleep(MS(30));
+        thread::sleep(ms(30));
         let val = c.peer.tsval();
         let (seq, ack, recent) = (c.conn.snd_nxt, c.conn.rcv_nxt, c.conn.ts_recent);
         c.send(ACK | PSH, seq, ack, &p[..], Some(opt::ts(val, recent)))?;
@@ -509,7 +511,7 @@ fn timestamps_echo(c: &mut Ctx) -> Result<(), String> {
     c.app_read_exact(2, Duration::from_secs(1))?;
     let mut vals = Vec::new();
     for p in [b"x", b"y"] {
-        thread::sleep(MS(100));
+        thread::sleep(ms(100));
         // TS.Recent is the TSval of our latest segment (the last ACK we sent).
         let recent = c.conn.last_tsval;
         c.app_write(p)?;
@@ -546,7 +548,7 @@ fn window_scale_respected(c: &mut Ctx) -> Result<(), String> {
     })?;
     let data = pattern(6000, 3);
     c.app_write(&data)?;
-    let segs = c.collect(MS(500));
+    let segs = c.collect(ms(500));
     let start = c.conn.rcv_nxt;
     let end = segs
         .iter()
@@ -580,7 +582,7 @@ fn zero_window_probe(c: &mut Ctx) -> Result<(), String> {
     c.handshake(SynOpts::default())?;
     c.conn.window = 0;
     c.send_ack()?;
-    thread::sleep(MS(20));
+    thread::sleep(ms(20));
     let data = pattern(1000, 5);
     let t_write = Instant::now();
     c.app_write(&data)?;
@@ -602,7 +604,7 @@ fn zero_window_probe(c: &mut Ctx) -> Result<(), String> {
     }
     let first = probes[0] - t_write;
     ensure!(
-        first >= MS(100),
+        first >= ms(100),
         "first probe {first:?} after the write: not after an RTO"
     );
     ensure!(
@@ -632,7 +634,7 @@ fn server_active_close_time_wait(c: &mut Ctx) -> Result<(), String> {
     );
     c.conn.rcv_nxt = nxt.wrapping_add(1);
     c.send_ack()?;
-    c.expect_none(MS(300), "FIN retransmission", |s| s.has(FIN))?;
+    c.expect_none(ms(300), "FIN retransmission", |s| s.has(FIN))?;
     let (seq, ack) = (c.conn.snd_nxt, c.conn.rcv_nxt);
     c.send(FIN | ACK, seq, ack, &[], None)?;
     c.conn.snd_nxt = seq.wrapping_add(1);
@@ -672,7 +674,7 @@ fn peer_active_close(c: &mut Ctx) -> Result<(), String> {
     c.conn.rcv_nxt = nxt.wrapping_add(1);
     c.send_ack()?;
     c.conn.closed = true;
-    c.expect_none(MS(400), "segment after the last ACK", |_| true)
+    c.expect_none(ms(400), "segment after the last ACK", |_| true)
 }
 
 fn simultaneous_close(c: &mut Ctx) -> Result<(), String> {
@@ -696,7 +698,7 @@ fn simultaneous_close(c: &mut Ctx) -> Result<(), String> {
     c.conn.rcv_nxt = nxt.wrapping_add(1);
     c.send_ack()?;
     c.conn.closed = true;
-    c.expect_none(MS(300), "FIN retransmission or RST", |s| {
+    c.expect_none(ms(300), "FIN retransmission or RST", |s| {
         s.has(FIN) || s.has(RST)
     })
 }
@@ -751,7 +753,7 @@ fn rto_backoff(c: &mut Ctx) -> Result<(), String> {
         times.push(s.at);
         if times.len() == 2 {
             ensure!(
-                gap >= MS(150) && gap <= MS(700),
+                gap >= ms(150) && gap <= ms(700),
                 "first retransmission after {gap:?} (Linux: ~200 ms, 200 ms floor)"
             );
         }
@@ -817,7 +819,7 @@ fn fast_retransmit(c: &mut Ctx) -> Result<(), String> {
     )?;
     let dt = s.at - t_dup;
     ensure!(
-        dt < MS(150),
+        dt < ms(150),
         "first segment retransmitted {dt:?} after the third duplicate ACK: not a fast retransmit"
     );
     c.conn.rcv_nxt = seqs[4].wrapping_add(536);
@@ -855,7 +857,7 @@ fn sack_recovery(c: &mut Ctx) -> Result<(), String> {
         } else if r.seq == s[2] {
             got2 = true;
             ensure!(
-                r.at - t_dup < MS(150),
+                r.at - t_dup < ms(150),
                 "the second hole was filled {:?} after the duplicate ACKs (after an RTO?)",
                 r.at - t_dup
             );
@@ -904,7 +906,7 @@ fn port_scan_while_echo(c: &mut Ctx) -> Result<(), String> {
             if left.is_zero() {
                 break;
             }
-            let _ = c.collect(left.min(MS(50)));
+            let _ = c.collect(left.min(ms(50)));
             continue;
         };
         let Some(&p) = pending.get(&s.dport) else {
