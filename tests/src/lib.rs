@@ -4,6 +4,7 @@
 //! Drop removes everything, also when a test panics.
 
 pub mod bench;
+pub mod conformance;
 pub mod frames;
 pub mod impair;
 pub mod netns;
