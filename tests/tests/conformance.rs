@@ -416,6 +416,53 @@ fn old_duplicate_data(c: &mut Ctx) -> Result<(), String> {
     lives(c)
 }
 
+fn dsack_on_duplicate(c: &mut Ctx) -> Result<(), String> {
+    // RFC 2883: with SACK on, the ACK of a wholly duplicate segment reports it as the first
+    // SACK block (Linux: tcp_dsack=1, the default).
+    c.handshake(SynOpts::default())?;
+    ensure!(c.conn.sack, "SACK not negotiated");
+    let seq = c.conn.snd_nxt;
+    c.send_data(b"hello")?;
+    let end = c.conn.snd_nxt;
+    c.expect(Duration::from_secs(1), "ACK of the data", |s| s.ack == end)?;
+    let ack = c.conn.rcv_nxt;
+    c.send(ACK | PSH, seq, ack, b"hello", None)?;
+    let d = c.expect(Duration::from_secs(1), "ACK of the duplicate", |s| {
+        s.is_pure_ack() && s.ack == end
+    })?;
+    ensure!(
+        d.opts.sack.first() == Some(&(seq, end)),
+        "no D-SACK block for the duplicate {seq}..{end}: {d}"
+    );
+    c.app_read_exact(5, Duration::from_secs(1))?;
+    app_reads_nothing(c, ms(200))
+}
+
+fn fin_out_of_order(c: &mut Ctx) -> Result<(), String> {
+    // A FIN that arrives before the data in front of it is kept (Linux queues it with the
+    // out-of-order data): once the hole fills, the data and the FIN are acknowledged together
+    // and the application reads the data, then end of stream. No retransmission of the FIN.
+    c.handshake(SynOpts::default())?;
+    let s1 = c.conn.snd_nxt;
+    let ack = c.conn.rcv_nxt;
+    c.send(ACK | PSH | FIN, s1.wrapping_add(5), ack, b"world", None)?;
+    c.expect(Duration::from_secs(1), "duplicate ACK", |s| s.ack == s1)?;
+    c.send(ACK | PSH, s1, ack, b"hello", None)?;
+    let end = s1.wrapping_add(11);
+    c.conn.snd_nxt = end;
+    c.expect(
+        Duration::from_millis(500),
+        "ACK of the data and the FIN once the hole fills",
+        |s| s.ack == end,
+    )?;
+    let got = c.app_read_exact(10, Duration::from_secs(1))?;
+    ensure!(got == b"helloworld", "read {got:?}");
+    match c.app_read(Duration::from_secs(1)) {
+        Ok(v) if v.is_empty() => Ok(()),
+        other => Err(format!("server read after the FIN: {other:?}, want EOF")),
+    }
+}
+
 fn overlapping_retransmission_trimmed(c: &mut Ctx) -> Result<(), String> {
     // A segment that starts left of RCV.NXT: the old part is trimmed, the new part accepted.
     c.handshake(SynOpts::default())?;
@@ -1045,6 +1092,8 @@ fn conformance_data() {
             case!(ooo_reassembly_sack, "9293 3.10.7.4; 2018 4"),
             case!(ooo_without_sack, "9293 3.10.7.4; 2018 3"),
             case!(old_duplicate_data, "9293 3.10.7.4"),
+            case!(dsack_on_duplicate, "2883 4"),
+            case!(fin_out_of_order, "9293 3.10.7.4 (eighth step); 5681 4.2"),
             case!(overlapping_retransmission_trimmed, "9293 3.10.7.4 (trim)"),
             case!(data_beyond_window_acked, "9293 3.10.7.4 (first check)"),
             case!(keepalive_probe_answered, "1122 4.2.3.6; 9293 3.8.4"),

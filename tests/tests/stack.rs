@@ -738,7 +738,9 @@ fn a_connection_reset_before_accept_is_still_accepted_and_reads_the_reset() {
     assert_eq!(peer, client, "with the address it had");
     assert_eq!(c.peer_addr().unwrap(), client);
     let mut buf = [0u8; 16];
-    let err = c.read(&mut buf).expect_err("the first read reports the reset");
+    let err = c
+        .read(&mut buf)
+        .expect_err("the first read reports the reset");
     assert_eq!(err.kind(), ErrorKind::ConnectionReset);
 
     // The listener goes on: a new client is accepted and served.

@@ -522,6 +522,9 @@ pub struct Socket<'a> {
     assembler: Assembler,
     rx_buffer: SocketBuffer<'a>,
     rx_fin_received: bool,
+    /// xsk-stack patch: the sequence number of a FIN that arrived past a hole; it takes effect
+    /// when the data in front of it does (see `apply_queued_fin`).
+    rx_fin_queued: Option<TcpSeqNumber>,
     tx_buffer: SocketBuffer<'a>,
     /// Interval after which, if no inbound packets are received, the connection is aborted.
     timeout: Option<Duration>,
@@ -644,6 +647,7 @@ impl<'a> Socket<'a> {
             tx_buffer,
             rx_buffer,
             rx_fin_received: false,
+            rx_fin_queued: None,
             timeout: None,
             keep_alive: None,
             hop_limit: None,
@@ -963,6 +967,7 @@ impl<'a> Socket<'a> {
         self.tx_buffer.clear();
         self.rx_buffer.clear();
         self.rx_fin_received = false;
+        self.rx_fin_queued = None;
         self.listen_endpoint = IpListenEndpoint::default();
         self.tuple = None;
         self.local_seq_no = TcpSeqNumber::default();
@@ -1606,6 +1611,41 @@ impl<'a> Socket<'a> {
         Some(self.ack_reply(ip_repr, repr))
     }
 
+    /// xsk-stack patch: a FIN that arrived past a hole (`rx_fin_queued`) takes effect when
+    /// RCV.NXT reaches it: the same transitions as a FIN received in order.
+    fn apply_queued_fin(&mut self, cx: &mut Context) {
+        let Some(fin_seq) = self.rx_fin_queued else {
+            return;
+        };
+        if self.rx_fin_received {
+            self.rx_fin_queued = None;
+            return;
+        }
+        if self.remote_seq_no + self.rx_buffer.len() != fin_seq || !self.assembler.is_empty() {
+            return;
+        }
+        self.rx_fin_queued = None;
+        match self.state {
+            State::SynReceived | State::Established => {
+                self.remote_seq_no += 1;
+                self.rx_fin_received = true;
+                self.set_state(State::CloseWait);
+            }
+            State::FinWait1 => {
+                self.remote_seq_no += 1;
+                self.rx_fin_received = true;
+                self.set_state(State::Closing);
+            }
+            State::FinWait2 => {
+                self.remote_seq_no += 1;
+                self.rx_fin_received = true;
+                self.set_state(State::TimeWait);
+                self.timer.set_for_close(cx.now());
+            }
+            _ => {}
+        }
+    }
+
     /// xsk-stack patch: whether this socket is bound to a 4-tuple (connected or connecting), as
     /// opposed to listening. The interface offers a segment to connected sockets first, so an
     /// exact tuple always wins over a listener.
@@ -2048,10 +2088,16 @@ impl<'a> Socket<'a> {
         // we have a hole in the assembler before the current segment, disregard this FIN.
         if control == TcpControl::Fin && window_start < segment_start {
             tcp_trace!(
-                "ignoring FIN because we don't have full data yet. window_start={} segment_start={}",
+                "queueing FIN because we don't have full data yet. window_start={} segment_start={}",
                 window_start,
                 segment_start
             );
+            // xsk-stack patch: upstream forgot this FIN, so the peer had to retransmit it after
+            // an RTO. It is kept (as Linux keeps it in its out-of-order queue) when it lies
+            // within the window, and takes effect once the data in front of it is in.
+            if segment_start + payload.len() == segment_end && segment_end < window_end {
+                self.rx_fin_queued = Some(segment_end);
+            }
             control = TcpControl::None;
         }
 
@@ -2459,6 +2505,9 @@ impl<'a> Socket<'a> {
                 }
             };
         }
+
+        // xsk-stack patch: a FIN queued past a hole takes effect once the hole is filled.
+        self.apply_queued_fin(cx);
 
         // Per RFC 5681, we should send an immediate ACK when either:
         //  1) an out-of-order segment is received, or
@@ -5563,12 +5612,15 @@ mod test {
             },
             Some(TcpRepr {
                 seq_number: LOCAL_SEQ + 1,
-                ack_number: Some(REMOTE_SEQ + 1 + 6 + 6),
+                ack_number: Some(REMOTE_SEQ + 1 + 6 + 6 + 1),
                 window_len: 52,
                 ..RECV_TEMPL
             })
         );
-        assert_eq!(s.state, State::Established);
+        // xsk-stack patch: the FIN that came past the hole is kept and takes effect now that
+        // the hole is filled (upstream forgot it and stayed ESTABLISHED).
+        assert_eq!(s.state, State::CloseWait);
+        assert!(s.rx_fin_received);
     }
 
     #[test]
@@ -10450,5 +10502,64 @@ mod test {
                 ..RECV_TEMPL
             })
         );
+    }
+
+    #[test]
+    fn test_queued_fin_in_fin_wait_2_leads_to_time_wait() {
+        let mut s = socket_fin_wait_2();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1 + 3,
+                ack_number: Some(LOCAL_SEQ + 1 + 1),
+                payload: &b"def"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::FinWait2);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1),
+                payload: &b"abc"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6 + 1),
+                window_len: 58,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.state, State::TimeWait);
+    }
+
+    #[test]
+    fn test_fin_beyond_the_window_is_not_queued() {
+        let mut s = socket_established();
+        // The segment runs past our 64-byte window: its FIN is not ours to keep.
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1 + 60,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"0123456789"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rx_fin_queued, None);
     }
 }
