@@ -238,10 +238,13 @@ fn apply_options(s: &mut tcp::Socket<'static>, cfg: &Config) {
     s.set_tsval_generator(Some(tcp_tsval));
 }
 
-/// TCP timestamp clock: milliseconds since the first use in this process.
+/// TCP timestamp clock: milliseconds, from a random origin chosen once per process (RFC 7323
+/// §5.4: a clock starting at 0 tells every peer how long the service has been up, and makes the
+/// first connections' TSvals predictable).
 fn tcp_tsval() -> u32 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u32
+    static ORIGIN: std::sync::OnceLock<(Instant, u32)> = std::sync::OnceLock::new();
+    let (start, base) = *ORIGIN.get_or_init(|| (Instant::now(), os_seed() as u32));
+    base.wrapping_add(start.elapsed().as_millis() as u32)
 }
 
 /// Closed TCP sockets kept for reuse by listeners: a new socket means allocating and zeroing

@@ -88,6 +88,9 @@ pub struct TcpDefenceCounters {
     /// TIME-WAIT connections ended by a new SYN for the same 4-tuple.
     #[serde(rename = "TWRecycled")]
     pub time_wait_recycled: u64,
+    /// Segments dropped by PAWS: a timestamp older than the connection's latest (RFC 7323).
+    #[serde(rename = "PAWSEstab")]
+    pub paws_rejected: u64,
 }
 
 impl From<smoltcp::socket::tcp::Counters> for TcpDefenceCounters {
@@ -100,6 +103,7 @@ impl From<smoltcp::socket::tcp::Counters> for TcpDefenceCounters {
             rst_out_of_window: c.rst_out_of_window,
             old_acks: c.old_acks,
             time_wait_recycled: c.time_wait_recycled,
+            paws_rejected: c.paws_rejected,
         }
     }
 }
@@ -351,6 +355,11 @@ impl StackStats {
                 "xsk_tcp_time_wait_recycled_total",
                 "TIME-WAIT connections ended by a new SYN for the same 4-tuple.",
                 self.tcp_defence.time_wait_recycled,
+            ),
+            c(
+                "xsk_tcp_paws_rejected_total",
+                "Segments dropped by PAWS: timestamp older than the connection's latest (nstat PAWSEstab).",
+                self.tcp_defence.paws_rejected,
             ),
             c(
                 "xsk_tcp_idle_timeouts_total",

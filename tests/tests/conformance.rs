@@ -463,6 +463,64 @@ fn fin_out_of_order(c: &mut Ctx) -> Result<(), String> {
     }
 }
 
+fn paws_old_timestamp_dropped(c: &mut Ctx) -> Result<(), String> {
+    // RFC 7323 §5.3 R1: a segment whose TSval is older than TS.Recent is dropped and answered
+    // with an ACK that echoes TS.Recent; the data is not delivered. The same data with a current
+    // timestamp is then taken.
+    c.handshake(SynOpts::default())?;
+    ensure!(c.conn.ts, "timestamps not negotiated");
+    let seq = c.conn.snd_nxt;
+    let ack = c.conn.rcv_nxt;
+    let recent = c.peer.tsval();
+    c.send(
+        ACK | PSH,
+        seq,
+        ack,
+        b"fresh",
+        Some(opt::ts(recent, c.conn.ts_recent)),
+    )?;
+    c.conn.snd_nxt = seq.wrapping_add(5);
+    let end = c.conn.snd_nxt;
+    c.expect(Duration::from_secs(1), "ACK of the data", |s| s.ack == end)?;
+    c.app_read_exact(5, Duration::from_secs(1))?;
+    let old = recent.wrapping_sub(100_000);
+    c.send(
+        ACK | PSH,
+        end,
+        ack,
+        b"stale",
+        Some(opt::ts(old, c.conn.ts_recent)),
+    )?;
+    let d = c.expect(
+        Duration::from_secs(1),
+        "ACK answering the old segment",
+        |s| s.is_pure_ack(),
+    )?;
+    ensure!(d.ack == end, "the old segment's data was acknowledged: {d}");
+    let (_, ecr) = d.opts.ts.ok_or(format!("ACK without timestamps: {d}"))?;
+    ensure!(
+        ecr == recent,
+        "the ACK echoes {ecr}, TS.Recent is {recent}: {d}"
+    );
+    app_reads_nothing(c, ms(200))?;
+    let now = c.peer.tsval();
+    c.send(
+        ACK | PSH,
+        end,
+        ack,
+        b"fresh",
+        Some(opt::ts(now, c.conn.ts_recent)),
+    )?;
+    c.conn.snd_nxt = end.wrapping_add(5);
+    let end2 = c.conn.snd_nxt;
+    c.expect(Duration::from_secs(1), "ACK of the current data", |s| {
+        s.ack == end2
+    })?;
+    let got = c.app_read_exact(5, Duration::from_secs(1))?;
+    ensure!(got == b"fresh", "read {got:?}");
+    Ok(())
+}
+
 fn overlapping_retransmission_trimmed(c: &mut Ctx) -> Result<(), String> {
     // A segment that starts left of RCV.NXT: the old part is trimmed, the new part accepted.
     c.handshake(SynOpts::default())?;
@@ -1100,6 +1158,7 @@ fn conformance_data() {
             case!(ack_for_unsent_data, "9293 3.10.7.4; 5961 5.2"),
             case!(old_ack_data_accepted, "9293 3.10.7.4; 5961 5.2"),
             case!(timestamps_echo, "7323 3.2, 4.3"),
+            case!(paws_old_timestamp_dropped, "7323 5.3"),
         ],
     );
 }

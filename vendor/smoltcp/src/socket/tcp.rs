@@ -501,6 +501,9 @@ pub struct Counters {
     pub old_acks: u64,
     /// TIME-WAIT connections ended early by a new SYN for the same 4-tuple (as Linux does).
     pub time_wait_recycled: u64,
+    /// Segments dropped by PAWS: a timestamp older than the connection's latest (RFC 7323 §5;
+    /// nstat `PAWSEstab`).
+    pub paws_rejected: u64,
 }
 
 /// xsk-stack patch: at most one challenge ACK per connection per this interval (RFC 5961 §7).
@@ -1531,9 +1534,15 @@ impl<'a> Socket<'a> {
 
     fn ack_reply(&mut self, ip_repr: &IpRepr, repr: &TcpRepr) -> (IpRepr, TcpRepr<'static>) {
         let (mut ip_reply_repr, mut reply_repr) = Self::reply(ip_repr, repr);
-        reply_repr.timestamp = repr
-            .timestamp
-            .and_then(|tcp_ts| tcp_ts.generate_reply(self.tsval_generator));
+        // xsk-stack patch: the echo is TS.Recent (RFC 7323 §4.3), not the TSval of the segment
+        // being answered: an out-of-order, old (PAWS) or forged segment must not set the
+        // peer's RTT sample or show an attacker what TSval would pass.
+        reply_repr.timestamp = repr.timestamp.and_then(|_| {
+            TcpTimestampRepr::generate_reply_with_tsval(
+                self.tsval_generator,
+                self.last_remote_tsval,
+            )
+        });
 
         // From RFC 793:
         // [...] an empty acknowledgment segment containing the current send-sequence number
@@ -1753,6 +1762,9 @@ impl<'a> Socket<'a> {
             _ => (false, false),
         };
         let control_len = (sent_syn as usize) + (sent_fin as usize);
+        // xsk-stack patch: a SYN in these states starts TS.Recent afresh (a recycled socket
+        // still holds its last connection's).
+        let unsynchronized = matches!(self.state, State::Listen | State::SynSent);
 
         // xsk-stack patch: RFC 5961 §4 (and RFC 9293 §3.10.7.4): a SYN on a synchronized
         // connection, whatever its sequence number, is answered with a (rate-limited) challenge
@@ -1887,6 +1899,25 @@ impl<'a> Socket<'a> {
                     return self.challenge_ack_reply(cx, ip_repr, repr);
                 }
             }
+        }
+
+        // xsk-stack patch: PAWS (RFC 7323 §5.3 R1): with timestamps on, a segment whose TSval is
+        // older than TS.Recent is an old duplicate (or a blind forgery that guessed the window
+        // but not the clock): it is dropped and answered with an ACK. RSTs are exempt, as in
+        // Linux (they carry no reliable timestamp).
+        if let Some(ts) = repr.timestamp
+            && self.tsval_generator.is_some()
+            && repr.control != TcpControl::Rst
+            && !matches!(self.state, State::Closed | State::Listen | State::SynSent)
+            && (ts.tsval.wrapping_sub(self.last_remote_tsval) as i32) < 0
+        {
+            net_debug!(
+                "PAWS: TSval {} older than TS.Recent {}, dropping",
+                ts.tsval,
+                self.last_remote_tsval
+            );
+            cx.tcp_counters.paws_rejected += 1;
+            return Some(self.ack_reply(ip_repr, repr));
         }
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
@@ -2397,7 +2428,15 @@ impl<'a> Socket<'a> {
         }
 
         // update last remote tsval
-        if let Some(timestamp) = repr.timestamp {
+        // xsk-stack patch: TS.Recent moves only for a segment that starts at or before what we
+        // last acknowledged (RFC 7323 §4.3), so an in-window segment from far ahead cannot
+        // raise it and make the real peer's segments look old to PAWS.
+        if let Some(timestamp) = repr.timestamp
+            && self
+                .remote_last_ack
+                .is_none_or(|last_ack| repr.seq_number <= last_ack)
+            && (timestamp.tsval.wrapping_sub(self.last_remote_tsval) as i32 >= 0 || unsynchronized)
+        {
             self.last_remote_tsval = timestamp.tsval;
         }
 
@@ -10561,5 +10600,109 @@ mod test {
             })
         );
         assert_eq!(s.rx_fin_queued, None);
+    }
+
+    fn socket_established_with_timestamps() -> TestSocket {
+        let mut s = socket_established();
+        s.set_tsval_generator(Some(|| 5000));
+        s.last_remote_tsval = 1000;
+        s
+    }
+
+    #[test]
+    fn test_paws_drops_a_segment_with_an_old_timestamp() {
+        let mut s = socket_established_with_timestamps();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"old"[..],
+                timestamp: Some(TcpTimestampRepr::new(999, 0)),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                // The echo is TS.Recent, never the rejected segment's TSval.
+                timestamp: Some(TcpTimestampRepr::new(5000, 1000)),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rx_buffer.len(), 0, "dropped");
+        assert_eq!(s.cx.tcp_counters.paws_rejected, 1);
+        assert_eq!(s.last_remote_tsval, 1000, "TS.Recent unchanged");
+        // The same data with a current timestamp is taken.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"new"[..],
+                timestamp: Some(TcpTimestampRepr::new(1001, 0)),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.rx_buffer.len(), 3);
+        assert_eq!(s.last_remote_tsval, 1001);
+    }
+
+    #[test]
+    fn test_paws_spares_rsts() {
+        let mut s = socket_established_with_timestamps();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: None,
+                timestamp: Some(TcpTimestampRepr::new(1, 0)),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Closed);
+    }
+
+    #[test]
+    fn test_ts_recent_moves_only_from_segments_at_the_left_edge() {
+        let mut s = socket_established_with_timestamps();
+        // In the window but ahead of RCV.NXT (out of order): it is kept, but its timestamp does
+        // not become TS.Recent (RFC 7323 §4.3), so it cannot make the peer's segments "old".
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 10,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"ahead"[..],
+                timestamp: Some(TcpTimestampRepr::new(900_000, 0)),
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                timestamp: Some(TcpTimestampRepr::new(5000, 1000)),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.last_remote_tsval, 1000);
+    }
+
+    #[test]
+    fn test_a_recycled_listener_takes_any_timestamp_on_syn() {
+        let mut s = socket_listen();
+        s.set_tsval_generator(Some(|| 5000));
+        // Left over from an earlier connection on this socket.
+        s.last_remote_tsval = 0x7fff_0000;
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                timestamp: Some(TcpTimestampRepr::new(7, 0)),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.last_remote_tsval, 7);
     }
 }
