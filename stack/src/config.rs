@@ -40,6 +40,9 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// A handshake (SYN received, not yet established) may take this long.
     pub handshake_timeout: Duration,
+    /// A connection the application has closed (dropped) must finish closing within this long,
+    /// or it is reset (Linux's `tcp_fin_timeout`).
+    pub orphan_timeout: Duration,
     /// TCP keep-alive interval for new connections.
     pub keep_alive: Option<Duration>,
     /// Nagle's algorithm on new connections (off by default: request/response latency).
@@ -74,6 +77,7 @@ impl Config {
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
             handshake_timeout: Duration::from_secs(10),
+            orphan_timeout: Duration::from_secs(60),
             keep_alive: None,
             nagle: false,
             ack_delay: None,

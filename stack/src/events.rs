@@ -40,6 +40,9 @@ struct Seen {
 pub(crate) struct StateTracker {
     seen: HashMap<SocketHandle, Seen>,
     generation: u64,
+    /// Sockets found closed with no addresses left this scan (kept to avoid an allocation per
+    /// scan): smoltcp forgets a connection's tuple when an RST closes it.
+    closed: Vec<SocketHandle>,
 }
 
 /// What a scan found besides the events.
@@ -56,12 +59,16 @@ impl StateTracker {
         self.generation += 1;
         let generation = self.generation;
         let mut result = ScanResult::default();
+        self.closed.clear();
         for (h, s) in sockets.iter() {
             let Socket::Tcp(t) = s else { continue };
             let state = t.state();
             let (Some(l), Some(r)) = (t.local_endpoint(), t.remote_endpoint()) else {
                 // Listening or closed without a connection: nothing to report (a stale entry
                 // for this handle is closed out below).
+                if state == tcp::State::Closed {
+                    self.closed.push(h);
+                }
                 continue;
             };
             let (local, remote) = (to_std(l), to_std(r));
@@ -120,9 +127,17 @@ impl StateTracker {
                 }
             }
         }
-        self.seen.retain(|_, s| {
+        let closed = &self.closed;
+        self.seen.retain(|h, s| {
             if s.generation == generation {
                 return true;
+            }
+            // An established connection whose socket is now closed with its tuple gone was
+            // reset (an RST received clears the tuple before any scan can see it closed).
+            if matches!(s.state, tcp::State::Established | tcp::State::CloseWait)
+                && closed.contains(h)
+            {
+                result.estab_resets += 1;
             }
             if s.state != tcp::State::Closed {
                 emit(ConnEvent {

@@ -50,6 +50,8 @@ pub(crate) struct Conn {
     pub last_seen: (usize, usize, tcp::State),
     /// The application dropped its handle; the shard frees the socket once it is closed.
     pub orphan: bool,
+    /// When it became an orphan: an orphan that has not closed within `orphan_timeout` is reset.
+    pub orphaned_at: Option<Instant>,
     /// The peer's FIN was seen: a later Closed is a clean end, not a reset.
     pub fin_seen: bool,
     /// We closed our side (shutdown or drop).
@@ -63,6 +65,7 @@ impl Conn {
             last_activity: Instant::now(),
             last_seen: (0, 0, state),
             orphan,
+            orphaned_at: orphan.then(Instant::now),
             fin_seen: false,
             we_closed: orphan,
             _claim: claim,
@@ -106,6 +109,13 @@ pub struct RuntimeCounters {
     pub estab_resets: u64,
     pub idle_timeouts: u64,
     pub handshake_timeouts: u64,
+    /// Connections the application had closed that did not finish closing within
+    /// `orphan_timeout`, reset.
+    pub orphan_timeouts: u64,
+    /// Connections the application closed with data still unread, reset instead of closed
+    /// (as Linux does; nstat `TCPAbortOnClose`).
+    #[serde(rename = "TCPAbortOnClose")]
+    pub abort_on_close: u64,
     /// SYNs refused because the accept queue was full.
     pub backlog_full: u64,
     /// SYNs refused because the shard was at its connection limit.
@@ -547,6 +557,7 @@ impl Core {
             }
         }
         let idle = self.cfg.idle_timeout;
+        let orphan_limit = self.cfg.orphan_timeout;
         let mut freed = Vec::new();
         for (&h, c) in self.conns.iter_mut() {
             let s = self.sockets.get_mut::<tcp::Socket>(h);
@@ -559,6 +570,17 @@ impl Core {
             match s.state() {
                 tcp::State::Closed | tcp::State::TimeWait if c.orphan => freed.push(h),
                 tcp::State::Closed => {}
+                // An orphan still closing after `orphan_timeout` (a peer that never sends its
+                // FIN, or never opens its window to take our last data) is reset: nothing can
+                // keep a connection nobody owns alive (Linux: tcp_fin_timeout).
+                _ if c
+                    .orphaned_at
+                    .is_some_and(|t| now.duration_since(t) >= orphan_limit) =>
+                {
+                    tracing::debug!(?h, state = ?s.state(), "orphan timeout: resetting");
+                    s.abort();
+                    self.counters.orphan_timeouts += 1;
+                }
                 _ => {
                     if let Some(limit) = idle {
                         if now.duration_since(c.last_activity) >= limit {
@@ -923,6 +945,12 @@ impl StackBuilder {
     }
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.cfg.handshake_timeout = d;
+        self
+    }
+    /// How long a connection the application dropped may take to finish closing before it is
+    /// reset (default 60 s, as Linux's `tcp_fin_timeout`).
+    pub fn orphan_timeout(mut self, d: Duration) -> Self {
+        self.cfg.orphan_timeout = d;
         self
     }
     pub fn keep_alive(mut self, d: Option<Duration>) -> Self {

@@ -91,6 +91,9 @@ pub struct TcpDefenceCounters {
     /// Segments dropped by PAWS: a timestamp older than the connection's latest (RFC 7323).
     #[serde(rename = "PAWSEstab")]
     pub paws_rejected: u64,
+    /// Connections reset because data arrived after the application closed them.
+    #[serde(rename = "TCPAbortOnData")]
+    pub abort_on_data: u64,
 }
 
 impl From<smoltcp::socket::tcp::Counters> for TcpDefenceCounters {
@@ -104,6 +107,7 @@ impl From<smoltcp::socket::tcp::Counters> for TcpDefenceCounters {
             old_acks: c.old_acks,
             time_wait_recycled: c.time_wait_recycled,
             paws_rejected: c.paws_rejected,
+            abort_on_data: c.abort_on_data,
         }
     }
 }
@@ -360,6 +364,21 @@ impl StackStats {
                 "xsk_tcp_paws_rejected_total",
                 "Segments dropped by PAWS: timestamp older than the connection's latest (nstat PAWSEstab).",
                 self.tcp_defence.paws_rejected,
+            ),
+            c(
+                "xsk_tcp_orphan_timeouts_total",
+                "Closed connections that did not finish closing within orphan_timeout, reset.",
+                r.orphan_timeouts,
+            ),
+            c(
+                "xsk_tcp_abort_on_close_total",
+                "Connections closed with unread data, reset (nstat TCPAbortOnClose).",
+                r.abort_on_close,
+            ),
+            c(
+                "xsk_tcp_abort_on_data_total",
+                "Connections reset because data arrived after the application closed them (nstat TCPAbortOnData).",
+                self.tcp_defence.abort_on_data,
             ),
             c(
                 "xsk_tcp_idle_timeouts_total",

@@ -627,11 +627,22 @@ impl Write for TcpStream {
 }
 
 impl Drop for TcpStream {
+    /// Closes the connection (FIN). As in Linux, data the application never read turns the
+    /// close into a reset (the peer must not believe its data arrived), and data that arrives
+    /// after the close resets the connection too.
     fn drop(&mut self) {
         if let Some(core) = self.shared.lock().as_mut() {
-            core.sockets.get_mut::<tcp::Socket>(self.handle).close();
+            let s = core.sockets.get_mut::<tcp::Socket>(self.handle);
+            if s.recv_queue() > 0 {
+                s.abort();
+                core.counters.abort_on_close += 1;
+            } else {
+                s.close();
+                s.set_abort_on_data(true);
+            }
             if let Some(c) = core.conns.get_mut(&self.handle) {
                 c.orphan = true;
+                c.orphaned_at = Some(Instant::now());
                 c.we_closed = true;
             }
         }

@@ -760,6 +760,53 @@ fn server_active_close_time_wait(c: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
+fn close_with_unread_data_resets(c: &mut Ctx) -> Result<(), String> {
+    // RFC 9293 §3.6 / RFC 1122 §4.2.2.13: an application that closes with received data still
+    // unread makes the connection send RST, not FIN (Linux: TCPAbortOnClose), so the peer
+    // does not take its data for delivered.
+    c.handshake(SynOpts::default())?;
+    c.send_data(b"never read")?;
+    let end = c.conn.snd_nxt;
+    c.expect(Duration::from_secs(1), "ACK of the data", |s| s.ack == end)?;
+    let server = c.take_server().ok_or("no server side")?;
+    drop(server);
+    c.conn.closed = true;
+    let s = c.expect(Duration::from_secs(2), "RST", |s| s.has(RST) || s.has(FIN))?;
+    ensure!(s.has(RST), "a FIN instead of an RST: {s}");
+    Ok(())
+}
+
+fn data_after_close_resets(c: &mut Ctx) -> Result<(), String> {
+    // The application read everything and closed: FIN. The peer ACKs the FIN but keeps
+    // sending: nobody will ever read that data, so the connection is reset (Linux:
+    // TCPAbortOnData in FIN-WAIT-2 for an orphan).
+    c.handshake(SynOpts::default())?;
+    lives(c)?;
+    let server = c.take_server().ok_or("no server side")?;
+    drop(server);
+    let nxt = c.server_nxt();
+    c.expect(Duration::from_secs(2), "FIN", |s| s.has(FIN))?;
+    c.conn.rcv_nxt = nxt.wrapping_add(1);
+    c.send_ack()?;
+    c.expect_none(
+        ms(200),
+        "anything but silence after our ACK of the FIN",
+        |s| s.has(RST),
+    )?;
+    c.send_data(b"late")?;
+    c.conn.closed = true;
+    let s = c.expect(Duration::from_secs(1), "RST for the late data", |s| {
+        s.has(RST)
+    })?;
+    ensure!(
+        s.seq == nxt.wrapping_add(1),
+        "RST at {} (want {}): {s}",
+        s.seq,
+        nxt.wrapping_add(1)
+    );
+    Ok(())
+}
+
 fn peer_active_close(c: &mut Ctx) -> Result<(), String> {
     c.handshake(SynOpts::default())?;
     lives(c)?;
@@ -1181,6 +1228,8 @@ fn conformance_close() {
         &[
             case!(server_active_close_time_wait, "9293 3.6, 3.10.7.4"),
             case!(peer_active_close, "9293 3.6"),
+            case!(close_with_unread_data_resets, "9293 3.6; 1122 4.2.2.13"),
+            case!(data_after_close_resets, "9293 3.6; 1122 4.2.2.13"),
             case!(fin_with_data, "9293 3.10.7.4"),
             case!(simultaneous_close, "9293 3.6 (CLOSING)"),
         ],

@@ -703,40 +703,61 @@ fn a_connection_reset_before_accept_is_still_accepted_and_reads_the_reset() {
     let stack = bed.builder().start().unwrap();
     let listener = stack.tcp_listen(7601).unwrap();
     let to = bed.addr(7601);
-    // The client connects, then aborts (SO_LINGER 0: an RST) before the server accepts.
-    let client = bed.peer(move || {
-        let s = KTcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
-        let local = s.local_addr().unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid socket and a correctly sized option value.
-        #[allow(unsafe_code)]
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
-        drop(s);
-        local
+    // The client connects, waits until the connection sits in the accept queue, then aborts
+    // (SO_LINGER 0: an RST) before the server accepts.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let ns = bed.tb.ns.clone();
+    let client = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let s = KTcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+            addr_tx.send(s.local_addr().unwrap()).unwrap();
+            go_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a valid socket and a correctly sized option value.
+            #[allow(unsafe_code)]
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as u32,
+                )
+            };
+            assert_eq!(rc, 0);
+            drop(s);
+        })
+        .unwrap()
     });
+    let client_addr = addr_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listener.queued() == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        listener.queued(),
+        1,
+        "the connection is queued for accept: {:?}",
+        stack.stats().unwrap()
+    );
+    go_tx.send(()).unwrap();
+    client.join().unwrap();
     // Let the RST arrive and be processed while the connection sits in the accept queue.
     let deadline = Instant::now() + Duration::from_secs(5);
     while stack.stats().unwrap().runtime.estab_resets == 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
+    assert_eq!(stack.stats().unwrap().runtime.estab_resets, 1);
     let (mut c, peer) = listener
         .accept_timeout(Some(Duration::from_secs(5)))
         .expect("accept hands out the dead connection instead of failing");
-    assert_eq!(peer, client, "with the address it had");
-    assert_eq!(c.peer_addr().unwrap(), client);
+    assert_eq!(peer, client_addr, "with the address it had");
+    assert_eq!(c.peer_addr().unwrap(), client_addr);
     let mut buf = [0u8; 16];
     let err = c
         .read(&mut buf)
@@ -755,4 +776,47 @@ fn a_connection_reset_before_accept_is_still_accepted_and_reads_the_reset() {
     assert_eq!(back, pattern(10_000, 3));
     drop(stack);
     let _ = server.join();
+}
+
+#[test]
+fn an_orphan_that_never_finishes_closing_is_reset() {
+    if !require_root("an_orphan_that_never_finishes_closing_is_reset") {
+        return;
+    }
+    let bed = Bed::new();
+    let stack = bed
+        .builder()
+        .orphan_timeout(Duration::from_secs(1))
+        .idle_timeout(None)
+        .start()
+        .unwrap();
+    let listener = stack.tcp_listen(7602).unwrap();
+    let to = bed.addr(7602);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // A peer that takes our FIN but never sends its own: the server side sits in FIN-WAIT-2.
+    let client = std::thread::spawn({
+        let ns = bed.tb.ns.clone();
+        move || {
+            in_netns(&ns, move || {
+                let s = KTcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+                let _ = rx.recv_timeout(Duration::from_secs(20));
+                drop(s);
+            })
+            .unwrap()
+        }
+    });
+    let (c, _) = listener
+        .accept_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut st = stack.stats().unwrap();
+    while (st.runtime.orphan_timeouts == 0 || st.connections > 0) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        st = stack.stats().unwrap();
+    }
+    assert_eq!(st.runtime.orphan_timeouts, 1, "{:?}", st.runtime);
+    assert_eq!(st.connections, 0, "the orphan's socket was freed");
+    let _ = tx.send(());
+    client.join().unwrap();
 }

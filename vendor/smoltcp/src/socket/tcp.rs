@@ -504,6 +504,9 @@ pub struct Counters {
     /// Segments dropped by PAWS: a timestamp older than the connection's latest (RFC 7323 §5;
     /// nstat `PAWSEstab`).
     pub paws_rejected: u64,
+    /// Connections reset because data arrived after the application closed them
+    /// (`Socket::set_abort_on_data`; nstat `TCPAbortOnData`).
+    pub abort_on_data: u64,
 }
 
 /// xsk-stack patch: at most one challenge ACK per connection per this interval (RFC 5961 §7).
@@ -591,6 +594,8 @@ pub struct Socket<'a> {
 
     /// Nagle's Algorithm enabled.
     nagle: bool,
+    /// xsk-stack patch: reset the connection if new data arrives (the application is gone).
+    abort_on_data: bool,
 
     /// The congestion control algorithm.
     congestion_controller: congestion::AnyController,
@@ -676,6 +681,7 @@ impl<'a> Socket<'a> {
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
             nagle: true,
+            abort_on_data: false,
             tsval_generator: None,
             last_remote_tsval: 0,
             congestion_controller: congestion::AnyController::new(),
@@ -880,6 +886,14 @@ impl<'a> Socket<'a> {
         self.nagle = enabled
     }
 
+    /// xsk-stack patch: once set, new data from the peer resets the connection instead of
+    /// being queued (RFC 9293 §3.6, RFC 1122 §4.2.2.13; Linux's `TCPAbortOnData`). For a socket
+    /// whose application has closed it and will never read again: the peer learns at once that
+    /// its data is lost, and cannot keep the connection (and its buffers) alive by sending.
+    pub fn set_abort_on_data(&mut self, abort: bool) {
+        self.abort_on_data = abort
+    }
+
     /// Return the keep-alive interval.
     ///
     /// See also the [set_keep_alive](#method.set_keep_alive) method.
@@ -971,6 +985,7 @@ impl<'a> Socket<'a> {
         self.rx_buffer.clear();
         self.rx_fin_received = false;
         self.rx_fin_queued = None;
+        self.abort_on_data = false;
         self.listen_endpoint = IpListenEndpoint::default();
         self.tuple = None;
         self.local_seq_no = TcpSeqNumber::default();
@@ -2475,6 +2490,14 @@ impl<'a> Socket<'a> {
 
         let payload_len = payload.len();
         if payload_len == 0 {
+            return None;
+        }
+
+        // xsk-stack patch: see `set_abort_on_data`. The RST goes out on the next dispatch.
+        if self.abort_on_data {
+            net_debug!("data for a socket the application closed: resetting");
+            cx.tcp_counters.abort_on_data += 1;
+            self.set_state(State::Closed);
             return None;
         }
 
@@ -10704,5 +10727,42 @@ mod test {
             }
         );
         assert_eq!(s.last_remote_tsval, 7);
+    }
+
+    #[test]
+    fn test_abort_on_data_resets_instead_of_queueing() {
+        let mut s = socket_fin_wait_2();
+        s.set_abort_on_data(true);
+        // An ACK without data changes nothing.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::FinWait2);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1),
+                payload: &b"more"[..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Closed);
+        assert_eq!(s.rx_buffer.len(), 0);
+        assert_eq!(s.cx.tcp_counters.abort_on_data, 1);
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Rst,
+                seq_number: LOCAL_SEQ + 1 + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                ..RECV_TEMPL
+            }]
+        );
     }
 }
