@@ -25,6 +25,7 @@ use crate::error::StackError;
 /// What to capture.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptureSpec {
+    /// The pcap file to write.
     pub path: PathBuf,
     /// Stop after this many frames.
     pub count: u64,
@@ -35,6 +36,7 @@ pub struct CaptureSpec {
 }
 
 impl CaptureSpec {
+    /// A capture into `path` with the default limits.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -72,10 +74,15 @@ pub struct CaptureProgress {
 /// A capture's state as stats report it.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct CaptureStatus {
+    /// The file of the running (or last) capture.
     pub path: Option<PathBuf>,
+    /// Whether a capture is running.
     pub active: bool,
+    /// Frames written.
     pub written: u64,
+    /// Frames not written (the writer fell behind or a limit was reached).
     pub dropped: u64,
+    /// Why the capture stopped, if it failed.
     pub error: Option<String>,
 }
 

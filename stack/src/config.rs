@@ -7,28 +7,38 @@ pub enum BindMode {
     /// Zero-copy if the driver supports it, else copy.
     #[default]
     Auto,
+    /// Copy mode: the kernel copies frames into the UMEM (works everywhere, veth included).
     Copy,
+    /// Zero-copy: the NIC writes into the UMEM (needs driver support).
     ZeroCopy,
 }
 
 /// Configuration of one shard (one queue). Built with [`crate::StackBuilder`].
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The interface whose queue the shard serves.
     pub iface: String,
+    /// The steered RX queue.
     pub queue: u32,
+    /// Where the steering program's maps are pinned (default: the loader's).
     pub pin_root: Option<PathBuf>,
+    /// How to bind the AF_XDP socket.
     pub bind: BindMode,
+    /// Use the kernel's need_wakeup flag (fewer syscalls when busy).
     pub need_wakeup: bool,
     /// UMEM frames (half go to the fill ring, half stay for transmit).
     pub frames: u32,
+    /// Bytes per UMEM frame (2048 or 4096).
     pub frame_size: u32,
     /// Size of each of the four rings.
     pub ring_size: u32,
     /// TCP receive and send buffer per connection, bytes.
     pub tcp_rx_buffer: usize,
+    /// TCP send buffer per connection, in bytes.
     pub tcp_tx_buffer: usize,
     /// UDP buffer per socket: datagrams and bytes.
     pub udp_packets: usize,
+    /// UDP receive and send buffers per socket, in bytes.
     pub udp_buffer: usize,
     /// Accepted-but-not-yet-`accept()`ed connections per listener, plus those in handshake.
     pub backlog: usize,

@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-use crate::{capture::CaptureSpec, error::StackError, shard::Shared};
+use crate::{capture::CaptureSpec, error::StackError, shared::Shared};
 
 /// Directory of the control sockets unless `XSK_STACK_RUN_DIR` says otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/run/xsk-stack";

@@ -26,9 +26,13 @@ const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 /// Per-packet counters of a shard (plain integers: only the shard thread writes them).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct DeviceCounters {
+    /// Frames received from the AF_XDP socket.
     pub rx_packets: u64,
+    /// Bytes received from the AF_XDP socket.
     pub rx_bytes: u64,
+    /// Frames sent through the AF_XDP socket.
     pub tx_packets: u64,
+    /// Bytes sent through the AF_XDP socket.
     pub tx_bytes: u64,
     /// Dropped on receive: not IPv4 over Ethernet (VLAN-tagged, ARP, runts).
     pub rx_not_ipv4: u64,
@@ -51,24 +55,34 @@ pub struct DeviceCounters {
     pub tx_no_route: u64,
     /// SYNs to a listening port with no armed socket (answered with RST).
     pub syn_refused: u64,
+    /// TCP segments received (nstat TcpInSegs).
     #[serde(rename = "TcpInSegs")]
     pub tcp_in_segs: u64,
+    /// TCP segments sent (nstat TcpOutSegs).
     #[serde(rename = "TcpOutSegs")]
     pub tcp_out_segs: u64,
+    /// TCP segments retransmitted (nstat TcpRetransSegs).
     #[serde(rename = "TcpRetransSegs")]
     pub tcp_retrans_segs: u64,
+    /// TCP resets sent (nstat TcpOutRsts).
     #[serde(rename = "TcpOutRsts")]
     pub tcp_out_rsts: u64,
+    /// TCP segments received with errors (nstat TcpInErrs).
     #[serde(rename = "TcpInErrs")]
     pub tcp_in_errs: u64,
+    /// UDP datagrams delivered (nstat UdpInDatagrams).
     #[serde(rename = "UdpInDatagrams")]
     pub udp_in_datagrams: u64,
+    /// UDP datagrams sent (nstat UdpOutDatagrams).
     #[serde(rename = "UdpOutDatagrams")]
     pub udp_out_datagrams: u64,
+    /// UDP datagrams to unbound ports (nstat UdpNoPorts).
     #[serde(rename = "UdpNoPorts")]
     pub udp_no_ports: u64,
+    /// UDP datagrams received with errors (nstat UdpInErrors).
     #[serde(rename = "UdpInErrors")]
     pub udp_in_errors: u64,
+    /// UDP datagrams dropped: receive buffer full (nstat UdpRcvbufErrors).
     #[serde(rename = "UdpRcvbufErrors")]
     pub udp_rcvbuf_errors: u64,
 }

@@ -12,9 +12,13 @@ use smoltcp::{
 /// transition that starts and ends inside one batch shows as one step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnEvent {
+    /// The connection's local address.
     pub local: SocketAddr,
+    /// The peer's address.
     pub remote: SocketAddr,
+    /// The state before.
     pub from: tcp::State,
+    /// The state after.
     pub to: tcp::State,
 }
 

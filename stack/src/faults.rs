@@ -6,23 +6,32 @@ use serde::Serialize;
 /// What to do to frames, in parts per million, and in which direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultPlan {
+    /// Seed of the generator, so a failing run reproduces.
     pub seed: u64,
+    /// Frames dropped, per million.
     pub drop_ppm: u32,
+    /// Frames duplicated, per million.
     pub duplicate_ppm: u32,
     /// Held back behind the next frames (released at the end of the batch at the latest).
     pub reorder_ppm: u32,
     /// One byte of the packet flipped (checksums then fail at the receiver).
     pub corrupt_ppm: u32,
+    /// Apply to received frames.
     pub on_receive: bool,
+    /// Apply to transmitted frames.
     pub on_transmit: bool,
 }
 
 /// What the injector did.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct FaultCounters {
+    /// Frames dropped.
     pub dropped: u64,
+    /// Frames duplicated.
     pub duplicated: u64,
+    /// Frames delayed behind later ones.
     pub reordered: u64,
+    /// Frames with a flipped payload byte.
     pub corrupted: u64,
 }
 

@@ -16,6 +16,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod accept;
 mod capture;
@@ -29,23 +30,28 @@ mod faults;
 mod ingress_tests;
 mod l2;
 mod ports;
+mod serve;
 mod shard;
+mod shared;
+mod stack;
 mod stats;
 mod sys;
 mod tcp;
+mod timing;
 mod udp;
+mod wake;
 mod wire;
 pub mod xsk;
 
 pub use capture::{CaptureSpec, CaptureStatus};
 pub use config::{BindMode, Config};
 pub use device::DeviceCounters;
-pub use error::StackError;
+pub use error::{Failure, StackError};
 pub use events::ConnEvent;
 pub use faults::{FaultCounters, FaultPlan};
-pub use shard::{RuntimeCounters, Stack, StackBuilder, StatsSource};
 pub use smoltcp::socket::tcp::State as TcpState;
-pub use stats::{MemoryStats, StackStats, TcpDefenceCounters, TcpStateCounts};
+pub use stack::{Stack, StackBuilder, StatsSource};
+pub use stats::{MemoryStats, RuntimeCounters, StackStats, TcpDefenceCounters, TcpStateCounts};
 pub use sys::xsk::KernelXskStats;
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;

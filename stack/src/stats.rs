@@ -5,21 +5,29 @@ use serde::Serialize;
 use smoltcp::socket::tcp::State;
 
 use crate::{
-    capture::CaptureStatus, device::DeviceCounters, shard::RuntimeCounters,
-    sys::xsk::KernelXskStats, xsk::FrameCounts,
+    capture::CaptureStatus, device::DeviceCounters, sys::xsk::KernelXskStats, xsk::FrameCounts,
 };
 
 /// TCP sockets per state (armed listening sockets count as `listen`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TcpStateCounts {
+    /// LISTEN (armed listening sockets).
     pub listen: u32,
+    /// SYN-SENT.
     pub syn_sent: u32,
+    /// SYN-RECEIVED.
     pub syn_received: u32,
+    /// ESTABLISHED.
     pub established: u32,
+    /// FIN-WAIT-1 and FIN-WAIT-2.
     pub fin_wait: u32,
+    /// CLOSE-WAIT.
     pub close_wait: u32,
+    /// CLOSING and LAST-ACK.
     pub closing: u32,
+    /// TIME-WAIT.
     pub time_wait: u32,
+    /// CLOSED (spare sockets, and sockets about to be freed).
     pub closed: u32,
 }
 
@@ -61,6 +69,46 @@ pub struct MemoryStats {
     pub umem_bytes: u64,
     /// Socket buffers allocated (TCP receive + send, UDP receive + send).
     pub socket_buffer_bytes: u64,
+}
+
+/// Counters of the runtime (the device keeps the per-packet ones).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RuntimeCounters {
+    /// Incoming connections established (nstat TcpPassiveOpens).
+    #[serde(rename = "TcpPassiveOpens")]
+    pub passive_opens: u64,
+    /// Outgoing connections started (nstat TcpActiveOpens).
+    #[serde(rename = "TcpActiveOpens")]
+    pub active_opens: u64,
+    /// Outgoing connections that failed (nstat TcpAttemptFails).
+    #[serde(rename = "TcpAttemptFails")]
+    pub attempt_fails: u64,
+    /// Established connections reset (nstat TcpEstabResets).
+    #[serde(rename = "TcpEstabResets")]
+    pub estab_resets: u64,
+    /// Connections reset for idleness.
+    pub idle_timeouts: u64,
+    /// Handshakes aborted for slowness.
+    pub handshake_timeouts: u64,
+    /// Connections the application had closed that did not finish closing within
+    /// `orphan_timeout`, reset.
+    pub orphan_timeouts: u64,
+    /// Connections the application closed with data still unread, reset instead of closed
+    /// (as Linux does; nstat `TCPAbortOnClose`).
+    #[serde(rename = "TCPAbortOnClose")]
+    pub abort_on_close: u64,
+    /// SYNs refused because the accept queue was full.
+    pub backlog_full: u64,
+    /// SYNs refused because the shard was at its connection limit.
+    pub conn_limit: u64,
+    /// Half-open handshakes dropped to make room in a full accept queue (SYN flood).
+    pub syn_evicted: u64,
+    /// Handshakes the peer reset before they completed (SYN → SYN-ACK → RST, as a SYN port scan
+    /// does): never queued for accept, the socket re-armed.
+    #[serde(rename = "EmbryonicRsts")]
+    pub embryonic_rsts: u64,
+    /// Poll passes over the queue.
+    pub polls: u64,
 }
 
 /// What the TCP engine's defences against blind and stale segments did (RFC 5961; our smoltcp
@@ -115,25 +163,36 @@ impl From<smoltcp::socket::tcp::Counters> for TcpDefenceCounters {
 /// Everything a shard counts.
 #[derive(Debug, Clone, Serialize)]
 pub struct StackStats {
+    /// The interface.
     pub iface: String,
+    /// The queue.
     pub queue: u32,
+    /// The serving process.
     pub pid: u32,
+    /// Per-packet counters of the device layer.
     pub device: DeviceCounters,
+    /// Connection counters of the runtime.
     pub runtime: RuntimeCounters,
+    /// What the TCP engine's defences did.
     pub tcp_defence: TcpDefenceCounters,
     /// UMEM frames by owner, and the UMEM size in frames.
     pub frames: FrameCounts,
+    /// UMEM size in frames.
     pub frames_total: u32,
     /// The kernel's XDP_STATISTICS for the socket.
     pub kernel: KernelXskStats,
+    /// Frames not sent because the tx ring was full.
     pub tx_ring_full: u64,
+    /// TCP sockets by state.
     pub tcp_states: TcpStateCounts,
     /// Established or close-wait (nstat's CurrEstab).
     #[serde(rename = "TcpCurrEstab")]
     pub curr_estab: u32,
     /// Open TCP connections (handshaking, queued for accept, or accepted).
     pub connections: usize,
+    /// Memory the shard holds.
     pub memory: MemoryStats,
+    /// The running (or last) capture.
     pub capture: CaptureStatus,
     /// What the fault injector did, when one is configured (tests).
     pub faults: Option<crate::FaultCounters>,

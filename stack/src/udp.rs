@@ -9,15 +9,15 @@ use std::{
 use smoltcp::{
     iface::SocketHandle,
     socket::udp,
-    wire::{IpAddress, IpEndpoint, IpListenEndpoint},
+    wire::{IpAddress, IpEndpoint},
 };
-use steer_bpf::Protocol;
 
 use crate::{
     error::StackError,
-    ports::PortClaim,
-    shard::{Shared, Stack, UdpBinding},
-    tcp::block_on,
+    serve::{block_on, Serve},
+    shard::Flushed,
+    shared::Shared,
+    stack::Stack,
 };
 
 /// A UDP socket bound to a port of the stack's address.
@@ -36,31 +36,9 @@ impl Stack {
         }
         let mut g = self.shared.lock();
         let core = g.as_mut().ok_or(StackError::Stopped)?;
-        let taken = core
-            .udp
-            .keys()
-            .any(|&h| core.sockets.get::<udp::Socket>(h).endpoint().port == port);
-        if taken {
-            return Err(StackError::PortInUse(port));
-        }
-        let claim = PortClaim::new(&core.steering, Protocol::Udp, core.addr, port)?;
-        let mut s = core.new_udp_socket();
-        s.bind(IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(core.addr)),
-            port,
-        })
-        .map_err(|e| StackError::Config(format!("bind: {e}")))?;
-        let handle = core.sockets.add(s);
-        core.udp.insert(
-            handle,
-            UdpBinding {
-                queued: 0,
-                closed_at: None,
-                _claim: claim,
-            },
-        );
+        let handle = core.udp_bind(port)?;
         drop(g);
-        self.shared.waker.wake();
+        self.shared.shard_bell.ring();
         Ok(UdpSocket {
             shared: self.shared.clone(),
             handle,
@@ -79,14 +57,14 @@ impl std::fmt::Debug for UdpSocket {
 }
 
 impl UdpSocket {
+    /// The address it is bound to (the stack's address and its port).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         let g = self.shared.lock();
-        let core = g
-            .as_ref()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
-        Ok(SocketAddr::V4(SocketAddrV4::new(core.addr, self.port)))
+        let core = g.as_ref().ok_or_else(|| self.shared.stopped())?;
+        Ok(SocketAddr::V4(SocketAddrV4::new(core.addr(), self.port)))
     }
 
+    /// How long `recv_from` may block (`None`: forever; zero is refused, as in std).
     pub fn set_read_timeout(&mut self, d: Option<Duration>) -> io::Result<()> {
         if d == Some(Duration::ZERO) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero timeout"));
@@ -105,12 +83,13 @@ impl UdpSocket {
                 "destination address or port is 0",
             ));
         }
-        block_on(
+        let mut flushed = Flushed::Done;
+        let r = block_on(
             &self.shared,
             Some(Instant::now() + Duration::from_secs(5)),
-            true,
+            Serve::Yes,
             |core, w| {
-                let s = core.sockets.get_mut::<udp::Socket>(h);
+                let s = core.udp(h);
                 if buf.len() > s.payload_send_capacity() {
                     return Some(Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -119,7 +98,7 @@ impl UdpSocket {
                 }
                 match s.send_slice(buf, ep) {
                     Ok(()) => {
-                        core.flush_from_app();
+                        flushed = core.flush_from_app();
                         Some(Ok(buf.len()))
                     }
                     Err(udp::SendError::BufferFull) => {
@@ -132,7 +111,9 @@ impl UdpSocket {
                     ))),
                 }
             },
-        )
+        );
+        self.shared.ring_if(flushed);
+        r
     }
 
     /// Receives one datagram. A datagram larger than `buf` is truncated to it (like std).
@@ -141,18 +122,16 @@ impl UdpSocket {
         block_on(
             &self.shared,
             self.read_timeout.map(|t| Instant::now() + t),
-            true,
+            Serve::Yes,
             |core, w| {
-                let s = core.sockets.get_mut::<udp::Socket>(h);
+                let s = core.udp(h);
                 match s.recv() {
                     Ok((data, meta)) => {
                         let n = data.len().min(buf.len());
                         buf[..n].copy_from_slice(&data[..n]);
                         let IpAddress::Ipv4(a) = meta.endpoint.addr;
                         let from = SocketAddr::V4(SocketAddrV4::new(a, meta.endpoint.port));
-                        if let Some(b) = core.udp.get_mut(&h) {
-                            b.queued = b.queued.saturating_sub(1);
-                        }
+                        core.udp_took_one(h);
                         Some(Ok((n, from)))
                     }
                     Err(_) => {
@@ -170,16 +149,8 @@ impl Drop for UdpSocket {
     /// buffer is freed by the shard once it has drained (or after a second).
     fn drop(&mut self) {
         if let Some(core) = self.shared.lock().as_mut() {
-            let pending = core.sockets.get::<udp::Socket>(self.handle).send_queue() > 0;
-            if pending {
-                if let Some(b) = core.udp.get_mut(&self.handle) {
-                    b.closed_at = Some(Instant::now());
-                }
-            } else {
-                core.udp.remove(&self.handle);
-                core.sockets.remove(self.handle);
-            }
+            core.udp_release(self.handle);
         }
-        self.shared.waker.wake();
+        self.shared.shard_bell.ring();
     }
 }

@@ -6,13 +6,13 @@ use std::{
     time::Duration,
 };
 
-/// An eventfd other threads write to wake the shard.
+/// An eventfd one thread signals to wake another sleeping in [`EventFd::wait`].
 #[derive(Debug)]
-pub struct Waker {
+pub struct EventFd {
     fd: OwnedFd,
 }
 
-impl Waker {
+impl EventFd {
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain eventfd(2); the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -25,8 +25,8 @@ impl Waker {
         })
     }
 
-    /// Wakes the shard (cheap; many wakes before it runs coalesce into one).
-    pub fn wake(&self) {
+    /// Wakes the sleeper (cheap; many signals before it runs coalesce into one).
+    pub fn signal(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd.
         let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
@@ -38,7 +38,7 @@ impl Waker {
         let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 
-    /// Sleeps until `xsk` (when given) is readable, the waker fires or `timeout` passes.
+    /// Sleeps until `xsk` (when given) is readable, the eventfd is signalled or `timeout` passes.
     pub fn wait(&self, xsk: Option<RawFd>, timeout: Option<Duration>) {
         let mut fds = [
             libc::pollfd {

@@ -32,11 +32,17 @@ pub struct XskConfig {
 /// Kernel-side drop counters of the socket (`XDP_STATISTICS`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelXskStats {
+    /// Frames the kernel dropped for this socket (XDP_STATISTICS rx_dropped).
     pub rx_dropped: u64,
+    /// Invalid descriptors on the rx ring.
     pub rx_invalid_descs: u64,
+    /// Invalid descriptors on the tx ring.
     pub tx_invalid_descs: u64,
+    /// Frames dropped because the rx ring was full.
     pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived.
     pub rx_fill_ring_empty: u64,
+    /// Times the kernel found the tx ring empty.
     pub tx_ring_empty: u64,
 }
 

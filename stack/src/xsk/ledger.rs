@@ -17,13 +17,18 @@ pub enum Owner {
 /// Frame counts per owner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FrameCounts {
+    /// In the free pool.
     pub free: u32,
+    /// With the kernel: the fill and rx rings.
     pub kernel: u32,
+    /// Held by the stack (a received frame being processed).
     pub stack: u32,
+    /// On the tx or completion ring.
     pub tx: u32,
 }
 
 impl FrameCounts {
+    /// All frames, wherever they are.
     pub fn total(&self) -> u32 {
         self.free + self.kernel + self.stack + self.tx
     }
@@ -75,10 +80,12 @@ impl FrameLedger {
         );
     }
 
+    /// Frames by owner.
     pub fn counts(&self) -> FrameCounts {
         self.counts
     }
 
+    /// All frames, wherever they are.
     pub fn total(&self) -> u32 {
         self.total
     }
