@@ -1,4 +1,4 @@
-//! Everything a shard can be configured with, and the builder services use.
+//! Everything a shard can be configured with (set through `StackBuilder`, in `stack.rs`).
 use std::{path::PathBuf, time::Duration};
 
 /// How the AF_XDP socket binds.
