@@ -3,7 +3,6 @@
 //! peer lives in the namespace, with its traffic steered onto a chosen RX queue of the host end.
 //! Drop removes everything, also when a test panics.
 
-pub mod bench;
 pub mod conformance;
 pub mod frames;
 pub mod impair;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use testbed::{bench, loader_ok, Testbed, TestbedOptions};
+use testbed::{loader_ok, Testbed, TestbedOptions};
 
 #[derive(Parser)]
 #[command(
