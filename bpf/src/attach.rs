@@ -160,6 +160,8 @@ fn detach_mode(ifindex: u32, mode: XdpMode) -> Result<(), SteerError> {
         .map_err(SteerError::bpf(format!("detaching the {mode} XDP program")))
 }
 
+// Attaching and detaching; the handle itself (opening, rules, XSKs, counters, status) is in
+// steering.rs.
 impl Steering {
     /// Loads and attaches the program (or re-attaches it, reusing the pinned maps so bound
     /// sockets keep receiving). Every check runs before anything is changed.

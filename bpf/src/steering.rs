@@ -92,6 +92,7 @@ impl std::fmt::Debug for Steering {
     }
 }
 
+// `Steering::attach` and `Steering::detach` are in attach.rs.
 impl Steering {
     /// Opens the pinned maps of an attachment (what a service or `xdp-loader` does).
     pub fn open(iface: &str, pin_root: Option<&Path>) -> Result<Self, SteerError> {
