@@ -6,20 +6,22 @@
 //! Both `xdp-loader` and the `stack` crate use it; neither talks to libbpf directly.
 #![deny(unsafe_code)]
 
+mod attach;
 mod counters;
 mod error;
+mod maps;
 mod pins;
-mod program;
 mod rule;
 mod skel;
+mod steering;
 pub mod sys;
 
+pub use attach::{AttachOptions, AttachReport, XdpMode};
 pub use counters::QueueCounters;
 pub use error::SteerError;
 pub use pins::{PinDir, DEFAULT_PIN_ROOT, PIN_ROOT_ENV};
-pub use program::{AttachOptions, AttachReport, Steering, SteeringStatus, XdpMode};
-pub use program::{RuleEntry, XskEntry};
 pub use rule::{Protocol, RuleOwner, RuleParseError, SteeringRule};
+pub use steering::{RuleEntry, Steering, SteeringStatus, XskEntry};
 
 /// Queues the XSKMAP and the counter map have room for (`STEER_MAX_QUEUES` in steer.h).
 pub const MAX_QUEUES: u32 = 64;

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{sys, SteerError};
+use crate::{maps, sys, SteerError};
 
 /// Pins live in `<root>/<iface>/` unless `XSK_STEER_PIN_ROOT` says otherwise.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/xsk-steer";
@@ -19,8 +19,7 @@ pub struct PinDir {
     dir: PathBuf,
 }
 
-/// Names of the pinned objects inside a [`PinDir`].
-pub(crate) const MAP_NAMES: [&str; 4] = ["xsks", "rules", "config", "counters"];
+/// Names of the pinned programs inside a [`PinDir`] (the maps' are in [`maps`]).
 pub(crate) const PROG_NAME: &str = "prog";
 pub(crate) const PROBE_NAME: &str = "probe";
 
@@ -55,7 +54,7 @@ impl PinDir {
     }
     /// Whether all maps are pinned, so a re-load can reuse them.
     pub(crate) fn maps_complete(&self) -> bool {
-        MAP_NAMES.iter().all(|m| self.map(m).exists())
+        maps::ALL.iter().all(|m| self.map(m).exists())
     }
 
     /// Makes sure the root lies on a bpffs (mounting one at /sys/fs/bpf if that is where the
