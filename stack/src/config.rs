@@ -53,6 +53,8 @@ pub struct Config {
     /// A connection the application has closed (dropped) must finish closing within this long,
     /// or it is reset (Linux's `tcp_fin_timeout`).
     pub orphan_timeout: Duration,
+    /// The floor of the TCP retransmission timeout once an RTT is measured (Linux: 200 ms).
+    pub min_rto: Duration,
     /// TCP keep-alive interval for new connections.
     pub keep_alive: Option<Duration>,
     /// Nagle's algorithm on new connections (off by default: request/response latency).
@@ -88,6 +90,7 @@ impl Config {
             idle_timeout: Some(Duration::from_secs(300)),
             handshake_timeout: Duration::from_secs(10),
             orphan_timeout: Duration::from_secs(60),
+            min_rto: Duration::from_millis(200),
             keep_alive: None,
             nagle: false,
             ack_delay: None,
@@ -127,6 +130,12 @@ impl Config {
             || self.udp_packets == 0
         {
             return Err("socket buffers must be at least 1 KiB (UDP: 2 KiB and 1 datagram)".into());
+        }
+        if self.min_rto < Duration::from_millis(1) || self.min_rto > Duration::from_secs(60) {
+            return Err(format!(
+                "minimum RTO {:?} must be in 1 ms..=60 s",
+                self.min_rto
+            ));
         }
         let (lo, hi) = self.ephemeral_ports;
         if lo == 0 || lo > hi {

@@ -152,6 +152,12 @@ impl StackBuilder {
         self.cfg.orphan_timeout = d;
         self
     }
+    /// The floor of the retransmission timeout once an RTT is measured (default 200 ms, as
+    /// Linux; smoltcp's own is 1 s). Lower only on links you know.
+    pub fn min_rto(mut self, d: Duration) -> Self {
+        self.cfg.min_rto = d;
+        self
+    }
     /// TCP keep-alive interval for new connections (default off).
     pub fn keep_alive(mut self, d: Option<Duration>) -> Self {
         self.cfg.keep_alive = d;

@@ -1117,7 +1117,6 @@ fn port_scan_while_echo(c: &mut Ctx) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // The families.
 
-const RTO_WHY: &str = "smoltcp minimum RTO is 1 s (Linux 200 ms); later issue";
 const SACK_WHY: &str =
     "smoltcp ignores received SACK blocks: the second hole waits for the RTO; later issue";
 
@@ -1241,7 +1240,7 @@ fn conformance_retransmission() {
     family(
         "retransmission",
         &[
-            case!(rto_backoff, "6298 2, 5.5", xfail RTO_WHY),
+            case!(rto_backoff, "6298 2, 5.5"),
             case!(fast_retransmit, "5681 3.2"),
             case!(sack_recovery, "6675 5; 2018", xfail SACK_WHY),
         ],

@@ -192,6 +192,7 @@ fn apply_options(s: &mut tcp::Socket<'static>, cfg: &Config) {
     s.set_nagle_enabled(cfg.nagle);
     s.set_ack_delay(cfg.ack_delay.map(smol));
     s.set_keep_alive(cfg.keep_alive.map(smol));
+    s.set_min_rto(smol(cfg.min_rto));
     // TCP timestamps (RFC 7323): RTT measurement, and what lets a client reuse its TIME-WAIT
     // ports (tcp_tw_reuse) when it opens many short connections to us.
     s.set_tsval_generator(Some(tcp_tsval));

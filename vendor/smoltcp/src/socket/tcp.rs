@@ -173,10 +173,18 @@ struct RttEstimator {
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// xsk-stack patch: the floor of a computed RTO, in ms (`Socket::set_min_rto`).
+    min_rto: u32,
 }
 
 impl Default for RttEstimator {
     fn default() -> Self {
+        Self::with_min_rto(RTTE_MIN_RTO)
+    }
+}
+
+impl RttEstimator {
+    fn with_min_rto(min_rto: u32) -> Self {
         Self {
             have_measurement: false,
             srtt: 0,   // ignored, will be overwritten on first measurement.
@@ -185,11 +193,10 @@ impl Default for RttEstimator {
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
+            min_rto,
         }
     }
-}
 
-impl RttEstimator {
     fn retransmission_timeout(&self) -> Duration {
         Duration::from_millis(self.rto as _)
     }
@@ -214,7 +221,7 @@ impl RttEstimator {
 
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
-        self.rto = (self.srtt + margin).clamp(RTTE_MIN_RTO, RTTE_MAX_RTO);
+        self.rto = (self.srtt + margin).clamp(self.min_rto, RTTE_MAX_RTO);
 
         self.rto_count = 0;
 
@@ -886,6 +893,23 @@ impl<'a> Socket<'a> {
         self.nagle = enabled
     }
 
+    /// xsk-stack patch: the floor of the retransmission timeout once an RTT has been measured
+    /// (upstream: 1 s, RFC 6298 §2.4's SHOULD; Linux: 200 ms, `TCP_RTO_MIN`). The RTO before
+    /// the first measurement stays 1 s (RFC 6298 §2.1). Kept across `listen`/`connect`, like
+    /// the other options. Clamped to 1 ms..=60 s.
+    pub fn set_min_rto(&mut self, min_rto: Duration) {
+        let ms = min_rto.total_millis().clamp(1, RTTE_MAX_RTO as u64) as u32;
+        self.rtte.min_rto = ms;
+        if self.rtte.have_measurement {
+            self.rtte.rto = self.rtte.rto.max(ms);
+        }
+    }
+
+    /// xsk-stack patch: the floor of the retransmission timeout (see `set_min_rto`).
+    pub fn min_rto(&self) -> Duration {
+        Duration::from_millis(self.rtte.min_rto as u64)
+    }
+
     /// xsk-stack patch: once set, new data from the peer resets the connection instead of
     /// being queued (RFC 9293 §3.6, RFC 1122 §4.2.2.13; Linux's `TCPAbortOnData`). For a socket
     /// whose application has closed it and will never read again: the peer learns at once that
@@ -979,7 +1003,7 @@ impl<'a> Socket<'a> {
 
         self.state = State::Closed;
         self.timer = Timer::new();
-        self.rtte = RttEstimator::default();
+        self.rtte = RttEstimator::with_min_rto(self.rtte.min_rto);
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
@@ -10764,5 +10788,53 @@ mod test {
                 ..RECV_TEMPL
             }]
         );
+    }
+
+    #[test]
+    fn test_min_rto_floors_the_rto_and_survives_reuse() {
+        let mut s = socket_established();
+        s.set_min_rto(Duration::from_millis(200));
+        // A LAN-sized sample (under a millisecond): the RTO is the floor, not upstream's 1 s.
+        s.rtte.sample(0);
+        assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(200));
+        s.rtte.on_rto();
+        assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(400));
+        // A socket reused for another connection keeps its floor.
+        s.reset();
+        assert_eq!(s.min_rto(), Duration::from_millis(200));
+        assert_eq!(
+            s.rtte.retransmission_timeout(),
+            Duration::from_millis(1000),
+            "before the first sample, RFC 6298 §2.1's 1 s"
+        );
+    }
+
+    #[test]
+    fn test_retransmission_at_the_min_rto() {
+        let mut s = socket_established();
+        s.set_min_rto(Duration::from_millis(200));
+        s.rtte.sample(0);
+        s.send_slice(b"abcdef").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 199);
+        recv!(s, time 200, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
+        // Backed off: the next one a doubled RTO later.
+        recv_nothing!(s, time 599);
+        recv!(s, time 600, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
     }
 }
