@@ -2397,11 +2397,16 @@ impl<'a> Socket<'a> {
                 // Duplicate ACK if payload empty and ACK doesn't move send window ->
                 // Increment duplicate ACK count, notify congestion controller and
                 // set for retransmit if we just received the third duplicate ACK
+                // xsk-stack patch: an ACK that changes only the window still counts when it
+                // carries SACK information (RFC 6675 §2: the receiver reports new out-of-order
+                // data; a Linux receiver's window moves as its application reads, so upstream's
+                // rule missed most duplicates and sent losses to the RTO).
                 Some(last_rx_ack)
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
                         && ack_number < self.remote_last_seq
-                        && !is_window_update =>
+                        && matches!(repr.control, TcpControl::None | TcpControl::Psh)
+                        && (!is_window_update || repr.sack_ranges[0].is_some()) =>
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
@@ -2430,6 +2435,14 @@ impl<'a> Socket<'a> {
                         in_flight,
                     );
                 }
+
+                // xsk-stack patch: a bare window update (same ACK, no data, no SACK) is neither
+                // a duplicate nor news: it leaves the count alone (upstream reset it, so one
+                // window update among the duplicates cancelled a fast retransmit).
+                Some(last_rx_ack)
+                    if repr.payload.is_empty()
+                        && last_rx_ack == ack_number
+                        && ack_number < self.remote_last_seq => {}
 
                 // No duplicate ACK means we reset the duplicate ACK count
                 // and notify the congestion controller of the fresh ACK
@@ -7461,8 +7474,8 @@ mod test {
 
         assert_eq!(s.local_rx_dup_acks, 2, "duplicate ACK counter is not set");
 
-        // This packet has a window update, hence should not be detected
-        // as a duplicate ACK and should reset the duplicate ACK count
+        // xsk-stack patch: this packet has a window update, hence is not a duplicate ACK;
+        // but it is no news either, so it leaves the count alone (upstream reset it).
         send!(
             s,
             TcpRepr {
@@ -7474,9 +7487,23 @@ mod test {
         );
 
         assert_eq!(
-            s.local_rx_dup_acks, 0,
-            "duplicate ACK counter is not reset when receiving a window update"
+            s.local_rx_dup_acks, 2,
+            "a bare window update neither counts nor resets the duplicate ACK count"
         );
+
+        // A window update that carries SACK information is a duplicate (RFC 6675 §2): the third.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 500,
+                sack_ranges: [Some((1, 2)), None, None],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.local_rx_dup_acks, 3);
+        assert!(matches!(s.timer, Timer::FastRetransmit), "fast retransmit started");
     }
 
     #[test]
