@@ -7503,7 +7503,10 @@ mod test {
             }
         );
         assert_eq!(s.local_rx_dup_acks, 3);
-        assert!(matches!(s.timer, Timer::FastRetransmit), "fast retransmit started");
+        assert!(
+            matches!(s.timer, Timer::FastRetransmit),
+            "fast retransmit started"
+        );
     }
 
     #[test]
