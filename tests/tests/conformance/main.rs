@@ -74,9 +74,6 @@ use window::*;
 // ---------------------------------------------------------------------------------------------
 // The families.
 
-const SACK_WHY: &str =
-    "smoltcp ignores received SACK blocks: the second hole waits for the RTO; later issue";
-
 fn family(name: &str, cases: &[Case]) {
     if !require_root(&format!("conformance_{name}")) {
         return;
@@ -199,7 +196,7 @@ fn conformance_retransmission() {
         &[
             case!(rto_backoff, "6298 2, 5.5"),
             case!(fast_retransmit, "5681 3.2"),
-            case!(sack_recovery, "6675 5; 2018", xfail SACK_WHY),
+            case!(sack_recovery, "6675 5; 6582 3.2; 2018"),
         ],
     );
 }

@@ -96,6 +96,10 @@ pub(super) fn fast_retransmit(c: &mut Ctx) -> Result<(), String> {
     c.send_ack()
 }
 
+/// Two holes in one window recovered in one episode, well before an RTO, without resending a
+/// SACKed segment: what RFC 6675 recovery achieves here. Linux gets there with its SACK
+/// scoreboard; the stack with NewReno partial ACKs (RFC 6582), which suffice for this pattern
+/// (it does not yet use SACK blocks to choose what to resend).
 pub(super) fn sack_recovery(c: &mut Ctx) -> Result<(), String> {
     // Segments 0 and 2 are lost; 1, 3, 4 arrive and are SACKed.
     let s = five_segments(c, true)?;

@@ -589,6 +589,12 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// xsk-stack patch: NewReno's "recover" (RFC 6582): SND.NXT when fast retransmit started.
+    /// While set, an ACK below it is partial: the next hole is retransmitted at once.
+    recover: Option<TcpSeqNumber>,
+    /// xsk-stack patch: the pending fast retransmit is a partial-ACK one (same recovery
+    /// episode: the congestion controller is not told of a new loss).
+    partial_ack_retransmit: bool,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -684,6 +690,8 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            recover: None,
+            partial_ack_retransmit: false,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -1010,6 +1018,8 @@ impl<'a> Socket<'a> {
         self.rx_fin_received = false;
         self.rx_fin_queued = None;
         self.abort_on_data = false;
+        self.recover = None;
+        self.partial_ack_retransmit = false;
         self.listen_endpoint = IpListenEndpoint::default();
         self.tuple = None;
         self.local_seq_no = TcpSeqNumber::default();
@@ -2389,6 +2399,7 @@ impl<'a> Socket<'a> {
             self.tx_waker.wake();
         }
 
+        let mut partial_ack = false;
         if let Some(ack_number) = ack_number {
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
@@ -2422,8 +2433,11 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // xsk-stack patch: RFC 6582 §3.2: not again within the same window (the
+                    // duplicates of a recovery episode already under way).
+                    if self.local_rx_dup_acks == 3 && self.recover.is_none() {
                         self.timer.set_for_fast_retransmit();
+                        self.recover = Some(self.remote_last_seq);
                         net_debug!("started fast retransmit");
                     }
 
@@ -2452,6 +2466,18 @@ impl<'a> Socket<'a> {
                         net_debug!("reset duplicate ACK count");
                     }
                     self.local_rx_last_ack = Some(ack_number);
+
+                    // xsk-stack patch: NewReno (RFC 6582 §3.2): in recovery, an ACK of new
+                    // data below `recover` is partial: the segment after it was lost too and
+                    // is retransmitted at once (below), instead of after three more duplicates
+                    // or an RTO. An ACK at or past `recover` ends the episode.
+                    if let Some(recover) = self.recover {
+                        if ack_number >= recover {
+                            self.recover = None;
+                        } else if ack_len > 0 {
+                            partial_ack = true;
+                        }
+                    }
 
                     // Notify of fresh ACK
                     self.rtte.on_ack(cx.now(), ack_number);
@@ -2509,6 +2535,13 @@ impl<'a> Socket<'a> {
                 self.timer.set_for_idle(cx.now(), self.keep_alive);
             }
             _ => {}
+        }
+        // xsk-stack patch: see `recover`; after the timer update, which would otherwise turn
+        // the fast retransmit back into a retransmission timer.
+        if partial_ack && !self.tx_buffer.is_empty() {
+            net_debug!("partial ACK in recovery: retransmitting the next hole");
+            self.partial_ack_retransmit = true;
+            self.timer.set_for_fast_retransmit();
         }
 
         // start/stop the Zero Window Probe timer.
@@ -2822,6 +2855,8 @@ impl<'a> Socket<'a> {
                 // had sent them. This will cause all data in the queue
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
+                // xsk-stack patch: a timeout ends any fast-recovery episode.
+                self.recover = None;
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
@@ -2830,10 +2865,13 @@ impl<'a> Socket<'a> {
                 net_debug!("retransmitting for fast-retransmit");
 
                 // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
-                let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_loss(cx.now(), in_flight);
+                // xsk-stack patch: once per recovery episode, not for partial-ACK retransmits.
+                if !mem::take(&mut self.partial_ack_retransmit) {
+                    let in_flight = self.flight_size();
+                    self.congestion_controller
+                        .inner_mut()
+                        .on_loss(cx.now(), in_flight);
+                }
 
                 self.pending_fast_retransmit = true;
             }
@@ -10866,5 +10904,115 @@ mod test {
             payload: &b"abcdef"[..],
             ..RECV_TEMPL
         }));
+    }
+
+    #[test]
+    fn test_newreno_partial_ack_retransmits_the_next_hole_at_once() {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"aaaBBBcccDDDeee").unwrap();
+        // Five segments; "aaa" and "ccc" are lost.
+        for (i, p) in [b"aaa", b"BBB", b"ccc", b"DDD", b"eee"].iter().enumerate() {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &p[..],
+                ..RECV_TEMPL
+            }));
+        }
+        for t in [1050, 1055, 1060] {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 1100, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.recover, Some(LOCAL_SEQ + 1 + 15));
+        // A partial ACK (up to the second hole): "ccc" goes out at once, not after an RTO.
+        send!(s, time 1150, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        recv!(s, time 1150, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ccc"[..],
+            ..RECV_TEMPL
+        }));
+        // The full ACK ends the episode.
+        send!(s, time 1200, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 15),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recover, None);
+        recv_nothing!(s, time 1200);
+    }
+
+    #[test]
+    fn test_no_second_fast_retransmit_within_one_recovery_episode() {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"aaaBBBcccDDD").unwrap();
+        for (i, p) in [b"aaa", b"BBB", b"ccc", b"DDD"].iter().enumerate() {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &p[..],
+                ..RECV_TEMPL
+            }));
+        }
+        for t in [1050, 1055, 1060] {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 1100, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        // A partial ACK: the next hole ("ccc") goes out at once...
+        send!(s, time 1150, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        recv!(s, time 1150, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ccc"[..],
+            ..RECV_TEMPL
+        }));
+        // ...and duplicates of that ACK while it travels are the same episode: no second fast
+        // retransmit of "ccc" (RFC 6582 §3.2).
+        for t in [1155, 1160, 1165] {
+            send!(s, time t, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6),
+                ..SEND_TEMPL
+            });
+        }
+        recv_nothing!(s, time 1170);
     }
 }
