@@ -51,7 +51,10 @@ pub use events::ConnEvent;
 pub use faults::{FaultCounters, FaultPlan};
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use stack::{Stack, StackBuilder, StatsSource};
-pub use stats::{MemoryStats, RuntimeCounters, StackStats, TcpDefenceCounters, TcpStateCounts};
+pub use stats::{
+    MemoryStats, RuntimeCounters, StackStats, TcpDefenceCounters, TcpRecoveryCounters,
+    TcpStateCounts,
+};
 pub use sys::xsk::KernelXskStats;
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;

@@ -160,6 +160,34 @@ impl From<smoltcp::socket::tcp::Counters> for TcpDefenceCounters {
     }
 }
 
+/// How the TCP engine recovered from loss. nstat's names.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TcpRecoveryCounters {
+    /// Retransmission timeouts that fired.
+    #[serde(rename = "TCPTimeouts")]
+    pub timeouts: u64,
+    /// Fast-recovery episodes (three duplicate ACKs; NewReno).
+    #[serde(rename = "TCPRenoRecovery")]
+    pub recoveries: u64,
+    /// Segments retransmitted in fast recovery (partial-ACK ones included).
+    #[serde(rename = "TCPFastRetrans")]
+    pub fast_retransmits: u64,
+    /// Zero-window probes sent.
+    #[serde(rename = "TCPWinProbe")]
+    pub window_probes: u64,
+}
+
+impl From<smoltcp::socket::tcp::Counters> for TcpRecoveryCounters {
+    fn from(c: smoltcp::socket::tcp::Counters) -> Self {
+        Self {
+            timeouts: c.timeouts,
+            recoveries: c.recoveries,
+            fast_retransmits: c.fast_retransmits,
+            window_probes: c.window_probes,
+        }
+    }
+}
+
 /// Everything a shard counts.
 #[derive(Debug, Clone, Serialize)]
 pub struct StackStats {
@@ -175,6 +203,8 @@ pub struct StackStats {
     pub runtime: RuntimeCounters,
     /// What the TCP engine's defences did.
     pub tcp_defence: TcpDefenceCounters,
+    /// How the TCP engine recovered from loss.
+    pub tcp_recovery: TcpRecoveryCounters,
     /// UMEM frames by owner, and the UMEM size in frames.
     pub frames: FrameCounts,
     /// UMEM size in frames.
@@ -418,6 +448,26 @@ impl StackStats {
                 "xsk_tcp_time_wait_recycled_total",
                 "TIME-WAIT connections ended by a new SYN for the same 4-tuple.",
                 self.tcp_defence.time_wait_recycled,
+            ),
+            c(
+                "xsk_tcp_timeouts_total",
+                "TCP retransmission timeouts that fired (nstat TCPTimeouts).",
+                self.tcp_recovery.timeouts,
+            ),
+            c(
+                "xsk_tcp_recoveries_total",
+                "TCP fast-recovery episodes (nstat TCPRenoRecovery).",
+                self.tcp_recovery.recoveries,
+            ),
+            c(
+                "xsk_tcp_fast_retransmits_total",
+                "TCP segments retransmitted in fast recovery (nstat TCPFastRetrans).",
+                self.tcp_recovery.fast_retransmits,
+            ),
+            c(
+                "xsk_tcp_window_probes_total",
+                "TCP zero-window probes sent (nstat TCPWinProbe).",
+                self.tcp_recovery.window_probes,
             ),
             c(
                 "xsk_tcp_paws_rejected_total",

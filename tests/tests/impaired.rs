@@ -304,6 +304,17 @@ fn bulk_transfers_survive_impaired_links_byte_exact() {
                 s.device
             );
         }
+        // Losses of what the stack sent were repaired by fast recovery (duplicate ACKs, NewReno
+        // partial ACKs), not only by timeouts.
+        let r = s.tcp_recovery;
+        eprintln!("{:<14} stack recovery: {r:?}", cond.name);
+        if f.dropped >= 10 {
+            assert!(
+                r.recoveries > 0 && r.fast_retransmits >= r.recoveries,
+                "{}: losses went to fast recovery: {r:?}",
+                cond.name
+            );
+        }
         // Every frame home once the transfers are over.
         testbed::assert_frames_home(&stack);
     }

@@ -500,6 +500,7 @@ impl Core {
         }
         let connections = self.conns.open_connections();
         let tcp_defence = self.iface.tcp_counters().into();
+        let tcp_recovery = self.iface.tcp_counters().into();
         let inner = self.dev.inner.get_mut();
         let capture = match (&inner.capture, &inner.last_capture) {
             (Some(c), _) => c.status(),
@@ -514,6 +515,7 @@ impl Core {
             device: inner.counters,
             runtime: self.counters,
             tcp_defence,
+            tcp_recovery,
             frames: inner.xsk.frames(),
             frames_total: inner.xsk.ledger().total(),
             kernel: inner.xsk.kernel_stats(),

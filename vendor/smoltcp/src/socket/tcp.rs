@@ -514,6 +514,15 @@ pub struct Counters {
     /// Connections reset because data arrived after the application closed them
     /// (`Socket::set_abort_on_data`; nstat `TCPAbortOnData`).
     pub abort_on_data: u64,
+    /// Retransmission timeouts that fired (nstat `TCPTimeouts`).
+    pub timeouts: u64,
+    /// Fast-recovery episodes entered on three duplicate ACKs (nstat `TCPRenoRecovery`).
+    pub recoveries: u64,
+    /// Segments retransmitted in fast recovery, partial-ACK ones included (nstat
+    /// `TCPFastRetrans`).
+    pub fast_retransmits: u64,
+    /// Zero-window probes sent (nstat `TCPWinProbe`).
+    pub window_probes: u64,
 }
 
 /// xsk-stack patch: at most one challenge ACK per connection per this interval (RFC 5961 §7).
@@ -2438,6 +2447,7 @@ impl<'a> Socket<'a> {
                     if self.local_rx_dup_acks == 3 && self.recover.is_none() {
                         self.timer.set_for_fast_retransmit();
                         self.recover = Some(self.remote_last_seq);
+                        cx.tcp_counters.recoveries += 1;
                         net_debug!("started fast retransmit");
                     }
 
@@ -2844,6 +2854,7 @@ impl<'a> Socket<'a> {
             if let Timer::Retransmit { .. } = self.timer {
                 // If a retransmit timer expired, we should resend data starting at the last ACK.
                 net_debug!("retransmitting after rto");
+                cx.tcp_counters.timeouts += 1;
 
                 // Inform the congestion controller that we're retransmitting and should enter the slow start state
                 let in_flight = self.flight_size();
@@ -2863,6 +2874,7 @@ impl<'a> Socket<'a> {
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
+                cx.tcp_counters.fast_retransmits += 1;
 
                 // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
                 // xsk-stack patch: once per recovery episode, not for partial-ACK retransmits.
@@ -2909,6 +2921,7 @@ impl<'a> Socket<'a> {
             tcp_trace!("keep-alive timer expired");
         } else if self.timer.should_zero_window_probe(cx.now()) {
             tcp_trace!("sending zero-window probe");
+            cx.tcp_counters.window_probes += 1;
         } else if self.timer.should_close(cx.now()) {
             // If we have spent enough time in the TIME-WAIT state, close the socket.
             tcp_trace!("TIME-WAIT timer expired");
@@ -10575,6 +10588,7 @@ mod test {
                 ..RECV_TEMPL
             }]
         );
+        assert_eq!(s.cx.tcp_counters.window_probes, 1);
     }
 
     #[test]
@@ -10904,6 +10918,7 @@ mod test {
             payload: &b"abcdef"[..],
             ..RECV_TEMPL
         }));
+        assert_eq!(s.cx.tcp_counters.timeouts, 2);
     }
 
     #[test]
@@ -10959,6 +10974,8 @@ mod test {
         });
         assert_eq!(s.recover, None);
         recv_nothing!(s, time 1200);
+        let c = s.cx.tcp_counters;
+        assert_eq!((c.recoveries, c.fast_retransmits, c.timeouts), (1, 2, 0));
     }
 
     #[test]
