@@ -105,7 +105,13 @@ fn udp_echo_echoes_with_nc() {
             &format!("echo datagram-1 | nc -u -w 1 {} 9000", tb.host_ip),
         ],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "datagram-1");
+    // Exact bytes: a lost trailing newline (or any other byte) must fail this.
+    assert_eq!(
+        out.stdout,
+        b"datagram-1\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

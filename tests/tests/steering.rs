@@ -632,3 +632,55 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_refused(&["detach", h], 1, "nothing is attached", w);
     let _ = Ipv4Addr::LOCALHOST;
 }
+
+#[test]
+fn a_socket_left_on_a_queue_the_attachment_no_longer_serves_gets_nothing() {
+    if !require_root("a_socket_left_on_a_queue_the_attachment_no_longer_serves_gets_nothing") {
+        return;
+    }
+    for generic in [false, true] {
+        let tb = tb_for(generic);
+        // Attached on queue 1 with a socket there; then re-attached to queue 3 while that socket
+        // stays bound and registered in the (reused) XSKMAP. Matching traffic that lands on
+        // queue 1 is not this attachment's any more: the kernel gets it, never that socket.
+        loader_ok(&[
+            "attach",
+            &tb.host_if,
+            "--queue",
+            "1",
+            "--mode",
+            mode(generic),
+            "--udp",
+            "8080",
+        ]);
+        let mut stale = XskReceiver::bind(&tb.host_if, 1).expect("bind XSK on queue 1");
+        loader_ok(&[
+            "attach",
+            &tb.host_if,
+            "--queue",
+            "3",
+            "--mode",
+            mode(generic),
+            "--udp",
+            "8080",
+        ]);
+        let kernel = UdpSocket::bind((tb.host_ip, PORT)).unwrap();
+        tb.steer_to(1, generic);
+        send_udp(&tb, SocketAddr::from((tb.host_ip, PORT)), 20, "stale-q");
+        assert_eq!(
+            kernel_udp_receive(&kernel, "stale-q", 20, Duration::from_secs(3)),
+            20,
+            "the kernel got every datagram ({})",
+            mode(generic)
+        );
+        assert_eq!(
+            count_marked(&stale.receive(1, Duration::from_millis(300)), "stale-q"),
+            0,
+            "the socket on the unserved queue got none ({})",
+            mode(generic)
+        );
+        let c1 = counters(&tb.host_if, 1);
+        assert_eq!(c1.redirected, 0, "{c1:?}");
+        loader_ok(&["detach", &tb.host_if]);
+    }
+}
