@@ -292,6 +292,12 @@ impl Stack {
         self.shared.lock().as_mut().map(|c| c.frames())
     }
 
+    /// Checks the UMEM frame ledger against the real free pool (for tests and debugging): an
+    /// error names the mismatch. `None` once the stack has stopped.
+    pub fn audit_frames(&self) -> Option<Result<(), String>> {
+        self.shared.lock().as_mut().map(|c| c.audit_frames())
+    }
+
     /// A handle other threads can read counters through without keeping the stack alive.
     pub fn stats_source(&self) -> StatsSource {
         StatsSource {

@@ -180,6 +180,10 @@ pub fn assert_frames_home(stack: &xsk_stack::Stack) {
         let (f, total) = stack.frames().expect("stack running");
         if f.stack == 0 && f.tx == 0 {
             assert_eq!(f.free + f.kernel, total, "{f:?}");
+            // The ledger agrees with itself; now with the frames it counts.
+            if let Some(Err(e)) = stack.audit_frames() {
+                panic!("frame ledger: {e}");
+            }
             return;
         }
         assert!(

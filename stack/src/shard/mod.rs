@@ -480,6 +480,11 @@ impl Core {
 
     // ---- observing it ----------------------------------------------------------------------
 
+    /// Checks the frame ledger against the real free pool (see `Xsk::audit`).
+    pub fn audit_frames(&mut self) -> Result<(), String> {
+        self.dev.inner.get_mut().xsk.audit()
+    }
+
     /// Where the UMEM frames are right now, and how many there are.
     pub fn frames(&mut self) -> (FrameCounts, u32) {
         let x = &self.dev.inner.get_mut().xsk;

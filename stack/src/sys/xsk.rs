@@ -194,6 +194,25 @@ impl Xsk {
         &self.ledger
     }
 
+    /// Checks the ledger against the frames themselves: the free pool really holds as many
+    /// frames as the ledger says, each at most once. (The ledger alone would keep counting a
+    /// frame that a bug dropped on the floor.)
+    pub fn audit(&self) -> Result<(), String> {
+        let counted = self.ledger.counts().free as usize;
+        if self.free.len() != counted {
+            return Err(format!(
+                "the free pool holds {} frames, the ledger counts {counted}",
+                self.free.len()
+            ));
+        }
+        let mut addrs: Vec<usize> = self.free.iter().map(|d| d.addr()).collect();
+        addrs.sort_unstable();
+        if let Some(w) = addrs.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("frame at {:#x} is in the free pool twice", w[0]));
+        }
+        Ok(())
+    }
+
     /// Tops the fill ring up from the free pool (keeping frames back for transmit).
     pub fn refill(&mut self) {
         let kernel = self.ledger.counts().kernel;
