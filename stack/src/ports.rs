@@ -2,17 +2,37 @@
 //! queue by a rule the stack adds itself and removes when the port is released.
 use std::{net::Ipv4Addr, os::fd::OwnedFd, sync::Arc};
 
-use steer_bpf::{Protocol, RuleOwner, Steering, SteeringRule};
+use steer_bpf::{Protocol, RuleOwner, SteerError, Steering, SteeringRule};
 
 use crate::{
     error::StackError,
     sys::ports::{self, Transport},
 };
 
+/// The steering rules a claim reads and edits: the attachment's pinned rule map (`Steering`),
+/// or a table in memory for unit tests.
+pub(crate) trait RuleTable: Send + Sync {
+    fn rules(&self) -> Result<Vec<(SteeringRule, RuleOwner)>, SteerError>;
+    fn add_rule(&self, rule: SteeringRule, owner: RuleOwner) -> Result<(), SteerError>;
+    fn remove_rule(&self, rule: SteeringRule) -> Result<(), SteerError>;
+}
+
+impl RuleTable for Steering {
+    fn rules(&self) -> Result<Vec<(SteeringRule, RuleOwner)>, SteerError> {
+        Steering::rules(self)
+    }
+    fn add_rule(&self, rule: SteeringRule, owner: RuleOwner) -> Result<(), SteerError> {
+        Steering::add_rule(self, rule, owner)
+    }
+    fn remove_rule(&self, rule: SteeringRule) -> Result<(), SteerError> {
+        Steering::remove_rule(self, rule)
+    }
+}
+
 /// A port in use by the stack. Dropping it removes the rule (if we added it) and releases the
 /// kernel reservation.
 pub(crate) struct PortClaim {
-    steering: Arc<Steering>,
+    steering: Arc<dyn RuleTable>,
     rule: SteeringRule,
     added_rule: bool,
     _reservation: OwnedFd,
@@ -26,7 +46,7 @@ impl std::fmt::Debug for PortClaim {
 
 impl PortClaim {
     pub fn new(
-        steering: &Arc<Steering>,
+        steering: &Arc<impl RuleTable + 'static>,
         protocol: Protocol,
         addr: Ipv4Addr,
         port: u16,
@@ -95,4 +115,101 @@ impl Drop for PortClaim {
 /// Whether a process with this pid exists (in our pid namespace).
 pub(crate) fn process_alive(pid: u32) -> bool {
     pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Claims against a rule table in memory: no root needed (the kernel reservation binds a
+    //! socket on loopback).
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Table(Mutex<Vec<(SteeringRule, RuleOwner)>>);
+
+    impl RuleTable for Table {
+        fn rules(&self) -> Result<Vec<(SteeringRule, RuleOwner)>, SteerError> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn add_rule(&self, rule: SteeringRule, owner: RuleOwner) -> Result<(), SteerError> {
+            self.0.lock().unwrap().push((rule, owner));
+            Ok(())
+        }
+        fn remove_rule(&self, rule: SteeringRule) -> Result<(), SteerError> {
+            self.0.lock().unwrap().retain(|(r, _)| *r != rule);
+            Ok(())
+        }
+    }
+
+    const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+    /// A TCP port free on loopback right now.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind((LO, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn a_claim_adds_its_rule_and_removes_it_when_released() {
+        let table = Arc::new(Table::default());
+        let port = free_port();
+        let claim = PortClaim::new(&table, Protocol::Tcp, LO, port).unwrap();
+        let rules = table.rules().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!((rules[0].0.port, rules[0].0.addr), (port, Some(LO)));
+        assert_eq!(
+            rules[0].1,
+            RuleOwner::Service {
+                pid: std::process::id()
+            }
+        );
+        // The kernel will not hand the port out while it is claimed.
+        assert!(std::net::TcpListener::bind((LO, port)).is_err());
+        drop(claim);
+        assert!(table.rules().unwrap().is_empty(), "rule removed on release");
+        assert!(
+            std::net::TcpListener::bind((LO, port)).is_ok(),
+            "reservation released"
+        );
+    }
+
+    #[test]
+    fn a_rule_someone_else_owns_is_left_alone() {
+        let table = Arc::new(Table::default());
+        let port = free_port();
+        let any = SteeringRule::new(Protocol::Tcp, port, None).unwrap();
+        table.add_rule(any, RuleOwner::Static).unwrap();
+        let claim = PortClaim::new(&table, Protocol::Tcp, LO, port).unwrap();
+        assert_eq!(table.rules().unwrap(), vec![(any, RuleOwner::Static)]);
+        drop(claim);
+        assert_eq!(
+            table.rules().unwrap(),
+            vec![(any, RuleOwner::Static)],
+            "not ours to remove"
+        );
+    }
+
+    #[test]
+    fn a_dead_services_rule_is_taken_over() {
+        let table = Arc::new(Table::default());
+        let port = free_port();
+        let rule = SteeringRule::new(Protocol::Tcp, port, Some(LO)).unwrap();
+        // pid 0 never names a live process.
+        table.add_rule(rule, RuleOwner::Service { pid: 0 }).unwrap();
+        let claim = PortClaim::new(&table, Protocol::Tcp, LO, port).unwrap();
+        assert_eq!(
+            table.rules().unwrap(),
+            vec![(
+                rule,
+                RuleOwner::Service {
+                    pid: std::process::id()
+                }
+            )]
+        );
+        drop(claim);
+        assert!(table.rules().unwrap().is_empty());
+    }
 }

@@ -332,6 +332,30 @@ mod tests {
     }
 
     #[test]
+    fn tcp_checksums_are_verified() {
+        let good = tcp_packet(TCP_ACK, b"payload");
+        assert!(matches!(check_rx(&good), Ok(RxKind::Tcp { .. })));
+        // A flipped bit anywhere the TCP checksum covers: payload, header, pseudo-header.
+        for (at, what) in [
+            (40, "payload"),
+            (21, "source port"),
+            (27, "sequence number"),
+            (15, "source address"),
+        ] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            if at < 20 {
+                // Keep the IPv4 header checksum right, so only the TCP one can catch it.
+                bad[10] = 0;
+                bad[11] = 0;
+                let c = checksum(&bad[..20]);
+                bad[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            assert_eq!(check_rx(&bad), Err(RxDrop::BadL4Checksum), "{what}");
+        }
+    }
+
+    #[test]
     fn tcp_options_and_flag_combinations() {
         let mut t = tcp_packet(TCP_SYN | TCP_FIN, b"");
         assert_eq!(check_rx(&t), Err(RxDrop::Malformed));
