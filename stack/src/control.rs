@@ -178,6 +178,7 @@ fn handle(req: &Value, shared: &Shared) -> Value {
             json!({"ok": true, "table": st.to_table(), "stats": st})
         }
         Some("prometheus") => json!({"ok": true, "text": core.stats().to_prometheus()}),
+        Some("connections") => json!({"ok": true, "connections": core.connections()}),
         Some("capture") => {
             let Some(path) = req.get("path").and_then(Value::as_str) else {
                 return json!({"ok": false, "error": "capture needs \"path\""});
@@ -199,7 +200,7 @@ fn handle(req: &Value, shared: &Shared) -> Value {
         }
         Some("capture_stop") => json!({"ok": true, "stopped": core.stop_capture()}),
         other => {
-            json!({"ok": false, "error": format!("unknown command {other:?} (stats, prometheus, capture, capture_stop)")})
+            json!({"ok": false, "error": format!("unknown command {other:?} (stats, prometheus, connections, capture, capture_stop)")})
         }
     }
 }

@@ -52,7 +52,7 @@ pub use faults::{FaultCounters, FaultPlan};
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use stack::{Stack, StackBuilder, StatsSource};
 pub use stats::{
-    MemoryStats, RuntimeCounters, StackStats, TcpDefenceCounters, TcpRecoveryCounters,
+    MemoryStats, RuntimeCounters, StackStats, TcpConnInfo, TcpDefenceCounters, TcpRecoveryCounters,
     TcpStateCounts,
 };
 pub use sys::xsk::KernelXskStats;

@@ -292,6 +292,12 @@ impl Stack {
         self.shared.lock().as_mut().map(|c| c.frames())
     }
 
+    /// Every TCP connection with its round-trip and retransmission state (what `ss -ti` shows
+    /// for kernel sockets; also `xdp-loader stats IFACE --connections`). `None` once stopped.
+    pub fn connections(&self) -> Option<Vec<crate::stats::TcpConnInfo>> {
+        self.shared.lock().as_ref().map(|c| c.connections())
+    }
+
     /// Checks the UMEM frame ledger against the real free pool (for tests and debugging): an
     /// error names the mismatch. `None` once the stack has stopped.
     pub fn audit_frames(&self) -> Option<Result<(), String>> {

@@ -188,6 +188,36 @@ impl From<smoltcp::socket::tcp::Counters> for TcpRecoveryCounters {
     }
 }
 
+/// One TCP connection as the operator sees it (the stack's `ss -ti`: these flows never reach
+/// the kernel's socket tables).
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpConnInfo {
+    /// The local address.
+    pub local: std::net::SocketAddr,
+    /// The peer's address.
+    pub remote: std::net::SocketAddr,
+    /// The TCP state.
+    pub state: String,
+    /// Smoothed round-trip time, µs (`None` before the first sample; ms resolution).
+    pub srtt_us: Option<u64>,
+    /// Round-trip time variation, µs.
+    pub rttvar_us: Option<u64>,
+    /// The current retransmission timeout, ms.
+    pub rto_ms: u64,
+    /// Segments retransmitted on this connection.
+    pub retransmits: u32,
+    /// Congestion window, bytes (`None`: no congestion control).
+    pub cwnd: Option<usize>,
+    /// The peer's window, bytes.
+    pub peer_window: usize,
+    /// The peer's maximum segment size.
+    pub peer_mss: usize,
+    /// Bytes sent and not yet acknowledged, or not yet sent.
+    pub send_queue: usize,
+    /// Bytes received and not yet read by the application.
+    pub recv_queue: usize,
+}
+
 /// Everything a shard counts.
 #[derive(Debug, Clone, Serialize)]
 pub struct StackStats {

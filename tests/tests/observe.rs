@@ -330,3 +330,63 @@ fn stats_over_the_control_socket_and_prometheus() {
     // A second scrape still works (the endpoint keeps serving).
     assert!(std::net::TcpStream::connect(&metrics).is_ok());
 }
+
+#[test]
+fn connections_with_rtt_and_rto_from_another_process() {
+    if !require_root("connections_with_rtt_and_rto_from_another_process") {
+        return;
+    }
+    let tb = bed();
+    let _svc = Service::start(
+        "tcp-echo",
+        &["--iface", &tb.host_if, "--queue", "3", "--port", "7100"],
+    );
+    let to = SocketAddr::from((tb.host_ip, 7100));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let ns = tb.ns.clone();
+    // A client that echoes a few rounds (so the server has RTT samples), then stays connected.
+    let client = thread::spawn(move || {
+        in_netns(&ns, move || {
+            let mut s = KTcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            for i in 0..5u8 {
+                s.write_all(&[i; 2000]).unwrap();
+                let mut b = [0u8; 2000];
+                s.read_exact(&mut b).unwrap();
+            }
+            addr_tx.send(s.local_addr().unwrap()).unwrap();
+            let _ = rx.recv_timeout(Duration::from_secs(20));
+        })
+        .unwrap()
+    });
+    let client_addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&loader_ok(&[
+        "stats",
+        &tb.host_if,
+        "--connections",
+        "--json",
+    ]))
+    .unwrap();
+    let conns = v["services"][0]["connections"].as_array().unwrap().clone();
+    assert_eq!(conns.len(), 1, "{v}");
+    let c = &conns[0];
+    assert_eq!(c["state"], "ESTABLISHED", "{c}");
+    assert_eq!(c["remote"], client_addr.to_string(), "{c}");
+    assert_eq!(c["local"], to.to_string(), "{c}");
+    assert!(c["srtt_us"].is_u64(), "an RTT was measured: {c}");
+    assert!(
+        c["rto_ms"].as_u64().unwrap() >= 200,
+        "the 200 ms floor: {c}"
+    );
+    assert_eq!(c["retransmits"], 0, "{c}");
+    let text = loader_ok(&["stats", &tb.host_if, "--connections"]);
+    assert!(
+        text.contains("stack on queue 3: 1 TCP connection(s)")
+            && text.contains("ESTABLISHED")
+            && text.contains(&client_addr.to_string()),
+        "{text}"
+    );
+    let _ = tx.send(());
+    client.join().unwrap();
+}

@@ -60,6 +60,10 @@ pub(crate) enum Cmd {
         /// Show every queue, not only those that saw traffic.
         #[arg(long)]
         all: bool,
+        /// Show the services' TCP connections instead (state, RTT, RTO, retransmissions,
+        /// windows, queues): what `ss -ti` shows for kernel sockets, which cannot see these.
+        #[arg(long, conflicts_with = "interval")]
+        connections: bool,
         #[arg(long)]
         json: bool,
     },

@@ -56,10 +56,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Status { iface, json } => cmd::status::status(iface, root, json),
         Cmd::Stats {
             iface,
+            connections: true,
+            json,
+            ..
+        } => cmd::stats::connections(&iface, json),
+        Cmd::Stats {
+            iface,
             interval,
             count,
             all,
             json,
+            ..
         } => cmd::stats::stats(&iface, root, interval, count, all, json),
         Cmd::Capture {
             iface,

@@ -35,7 +35,7 @@ use crate::{
     error::{Failure, StackError},
     events::{ConnHook, StateTracker},
     ports::PortClaim,
-    stats::{MemoryStats, RuntimeCounters, StackStats, TcpStateCounts},
+    stats::{MemoryStats, RuntimeCounters, StackStats, TcpConnInfo, TcpStateCounts},
     timing::TIMING,
     xsk::FrameCounts,
 };
@@ -489,6 +489,41 @@ impl Core {
     pub fn frames(&mut self) -> (FrameCounts, u32) {
         let x = &self.dev.inner.get_mut().xsk;
         (x.frames(), x.ledger().total())
+    }
+
+    /// Every TCP connection (handshaking, queued for accept, held or closing), with its
+    /// round-trip and retransmission state. Walks every socket: for operators, not per packet.
+    pub fn connections(&self) -> Vec<TcpConnInfo> {
+        let to_std = |e: IpEndpoint| {
+            let IpAddress::Ipv4(a) = e.addr;
+            std::net::SocketAddr::from((a, e.port))
+        };
+        let mut out = Vec::new();
+        for (_, s) in self.sockets.iter() {
+            let smoltcp::socket::Socket::Tcp(t) = s else {
+                continue;
+            };
+            let (Some(l), Some(r)) = (t.local_endpoint(), t.remote_endpoint()) else {
+                continue;
+            };
+            let i = t.info();
+            out.push(TcpConnInfo {
+                local: to_std(l),
+                remote: to_std(r),
+                state: t.state().to_string(),
+                srtt_us: i.srtt.map(|d| d.total_micros()),
+                rttvar_us: i.rttvar.map(|d| d.total_micros()),
+                rto_ms: i.rto.total_millis(),
+                retransmits: i.retransmits,
+                cwnd: i.cwnd,
+                peer_window: i.peer_window,
+                peer_mss: i.peer_mss,
+                send_queue: t.send_queue(),
+                recv_queue: t.recv_queue(),
+            });
+        }
+        out.sort_by_key(|c| (c.local, c.remote));
+        out
     }
 
     pub fn stats(&mut self) -> StackStats {

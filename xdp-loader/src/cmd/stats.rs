@@ -20,6 +20,80 @@ fn service_stats(iface: &str) -> Vec<(u32, Result<serde_json::Value, String>)> {
         .collect()
 }
 
+/// `stats --connections`: every running service's TCP connections, from its control socket.
+pub(crate) fn connections(iface: &str, json: bool) -> Result<(), CliError> {
+    if steer_bpf::sys::ifindex(iface).is_none() {
+        return Err(SteerError::NoSuchInterface(iface.to_string()).into());
+    }
+    let mut services = Vec::new();
+    for (q, path) in xsk_stack::control::sockets_of(iface) {
+        match xsk_stack::control::request(&path, &serde_json::json!({"cmd": "connections"})) {
+            Ok(v) => {
+                services.push(serde_json::json!({"queue": q, "connections": v["connections"]}))
+            }
+            // A socket file nobody listens on: left by a service that was killed.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => services
+                .push(serde_json::json!({"queue": q, "error": format!("{}: {e}", path.display())})),
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"iface": iface, "services": services})
+        );
+        return Ok(());
+    }
+    if services.is_empty() {
+        println!("{iface}: no service running");
+    }
+    let opt = |v: &serde_json::Value, div: f64| {
+        v.as_f64()
+            .map_or("-".to_string(), |x| format!("{:.1}", x / div))
+    };
+    for s in &services {
+        let q = &s["queue"];
+        let Some(conns) = s["connections"].as_array() else {
+            println!("stack on queue {q}: unreachable ({})", s["error"]);
+            continue;
+        };
+        println!("stack on queue {q}: {} TCP connection(s)", conns.len());
+        println!(
+            "  {:<12} {:<22} {:<22} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8}",
+            "state",
+            "local",
+            "remote",
+            "srtt_ms",
+            "rttvar_ms",
+            "rto_ms",
+            "retx",
+            "cwnd",
+            "peer_win",
+            "send_q",
+            "recv_q"
+        );
+        for c in conns {
+            println!(
+                "  {:<12} {:<22} {:<22} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8}",
+                c["state"].as_str().unwrap_or("?"),
+                c["local"].as_str().unwrap_or("?"),
+                c["remote"].as_str().unwrap_or("?"),
+                opt(&c["srtt_us"], 1000.0),
+                opt(&c["rttvar_us"], 1000.0),
+                c["rto_ms"].to_string(),
+                c["retransmits"].to_string(),
+                c["cwnd"]
+                    .as_u64()
+                    .map_or("-".to_string(), |w| w.to_string()),
+                c["peer_window"].to_string(),
+                c["send_queue"].to_string(),
+                c["recv_queue"].to_string(),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn read_all(s: &Steering, queues: u32) -> Result<Vec<QueueCounters>, SteerError> {
     (0..queues).map(|q| s.counters(q)).collect()
 }

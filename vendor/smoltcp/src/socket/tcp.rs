@@ -525,6 +525,27 @@ pub struct Counters {
     pub window_probes: u64,
 }
 
+/// xsk-stack patch: one connection's round-trip and retransmission state, for operators (what
+/// Linux's `ss -ti` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TcpInfo {
+    /// Smoothed round-trip time (`None` before the first sample).
+    pub srtt: Option<Duration>,
+    /// Round-trip time variation (`None` before the first sample).
+    pub rttvar: Option<Duration>,
+    /// The current retransmission timeout (backed off while retransmitting).
+    pub rto: Duration,
+    /// Segments this connection has retransmitted (timeouts and fast retransmits).
+    pub retransmits: u32,
+    /// The congestion window in bytes (`None`: no congestion control).
+    pub cwnd: Option<usize>,
+    /// The peer's advertised window, scaled, in bytes.
+    pub peer_window: usize,
+    /// The peer's maximum segment size.
+    pub peer_mss: usize,
+}
+
 /// xsk-stack patch: at most one challenge ACK per connection per this interval (RFC 5961 §7).
 /// Per connection, never global: a global limit is a side channel (CVE-2016-5696). The value is
 /// Linux's `tcp_invalid_ratelimit`.
@@ -604,6 +625,8 @@ pub struct Socket<'a> {
     /// xsk-stack patch: the pending fast retransmit is a partial-ACK one (same recovery
     /// episode: the congestion controller is not told of a new loss).
     partial_ack_retransmit: bool,
+    /// xsk-stack patch: segments retransmitted on this connection (see `TcpInfo`).
+    retransmits: u32,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -701,6 +724,7 @@ impl<'a> Socket<'a> {
             pending_fast_retransmit: false,
             recover: None,
             partial_ack_retransmit: false,
+            retransmits: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -922,6 +946,26 @@ impl<'a> Socket<'a> {
         }
     }
 
+    /// xsk-stack patch: round-trip and retransmission state (see `TcpInfo`).
+    pub fn info(&self) -> TcpInfo {
+        let cwnd = self.congestion_controller.inner().window();
+        TcpInfo {
+            srtt: self
+                .rtte
+                .have_measurement
+                .then(|| Duration::from_millis(self.rtte.srtt as u64)),
+            rttvar: self
+                .rtte
+                .have_measurement
+                .then(|| Duration::from_millis(self.rtte.rttvar as u64)),
+            rto: self.rtte.retransmission_timeout(),
+            retransmits: self.retransmits,
+            cwnd: (cwnd != usize::MAX).then_some(cwnd),
+            peer_window: self.remote_win_len,
+            peer_mss: self.remote_mss,
+        }
+    }
+
     /// xsk-stack patch: the floor of the retransmission timeout (see `set_min_rto`).
     pub fn min_rto(&self) -> Duration {
         Duration::from_millis(self.rtte.min_rto as u64)
@@ -1029,6 +1073,7 @@ impl<'a> Socket<'a> {
         self.abort_on_data = false;
         self.recover = None;
         self.partial_ack_retransmit = false;
+        self.retransmits = 0;
         self.listen_endpoint = IpListenEndpoint::default();
         self.tuple = None;
         self.local_seq_no = TcpSeqNumber::default();
@@ -2855,6 +2900,7 @@ impl<'a> Socket<'a> {
                 // If a retransmit timer expired, we should resend data starting at the last ACK.
                 net_debug!("retransmitting after rto");
                 cx.tcp_counters.timeouts += 1;
+                self.retransmits = self.retransmits.saturating_add(1);
 
                 // Inform the congestion controller that we're retransmitting and should enter the slow start state
                 let in_flight = self.flight_size();
@@ -2875,6 +2921,7 @@ impl<'a> Socket<'a> {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
                 cx.tcp_counters.fast_retransmits += 1;
+                self.retransmits = self.retransmits.saturating_add(1);
 
                 // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
                 // xsk-stack patch: once per recovery episode, not for partial-ACK retransmits.
@@ -11031,5 +11078,37 @@ mod test {
             });
         }
         recv_nothing!(s, time 1170);
+    }
+
+    #[test]
+    fn test_info_reports_rtt_rto_and_retransmissions() {
+        let mut s = socket_established();
+        s.set_min_rto(Duration::from_millis(200));
+        let i = s.info();
+        assert_eq!(
+            (i.srtt, i.rttvar, i.retransmits, i.cwnd),
+            (None, None, 0, None)
+        );
+        assert_eq!(i.rto, Duration::from_millis(1000));
+        assert_eq!(i.peer_window, 256);
+        s.rtte.sample(40);
+        s.send_slice(b"abc").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abc"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 200, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abc"[..],
+            ..RECV_TEMPL
+        }));
+        let i = s.info();
+        assert_eq!(i.srtt, Some(Duration::from_millis(40)));
+        assert_eq!(i.rttvar, Some(Duration::from_millis(20)));
+        assert_eq!(i.retransmits, 1);
+        assert_eq!(i.rto, Duration::from_millis(400), "backed off once");
     }
 }
