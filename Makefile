@@ -15,7 +15,7 @@ demo: build
 
 # Unit tests run anywhere; the netns/veth/XDP/AF_XDP tests need root (they skip loudly
 # without it, and fail under CI=true). The impaired-link transfers move IMPAIR_MB per transfer:
-# 50 by default (the full run, under a minute of it); `make test IMPAIR_MB=4` is quicker.
+# 50 by default (the full run, about 2 minutes of it); `make test IMPAIR_MB=4` is quicker.
 IMPAIR_MB ?= 50
 export IMPAIR_MB
 test: build

@@ -1,6 +1,19 @@
 //! Everything a shard can be configured with (set through `StackBuilder`, in `stack.rs`).
 use std::{path::PathBuf, time::Duration};
 
+/// TCP congestion control for new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), as Linux by default.
+    #[default]
+    Cubic,
+    /// Reno (RFC 5681): more conservative.
+    Reno,
+    /// None: the sender is limited only by the peer's window. Only for links you own end to
+    /// end; on a shared path it overruns queues and hurts everyone's traffic.
+    None,
+}
+
 /// How the AF_XDP socket binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BindMode {
@@ -55,6 +68,8 @@ pub struct Config {
     pub orphan_timeout: Duration,
     /// The floor of the TCP retransmission timeout once an RTT is measured (Linux: 200 ms).
     pub min_rto: Duration,
+    /// Congestion control for new connections (initial window: 10 segments, RFC 6928).
+    pub congestion: Congestion,
     /// TCP keep-alive interval for new connections.
     pub keep_alive: Option<Duration>,
     /// Nagle's algorithm on new connections (off by default: request/response latency).
@@ -91,6 +106,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             orphan_timeout: Duration::from_secs(60),
             min_rto: Duration::from_millis(200),
+            congestion: Congestion::Cubic,
             keep_alive: None,
             nagle: false,
             ack_delay: None,

@@ -44,7 +44,7 @@ mod wire;
 pub mod xsk;
 
 pub use capture::{CaptureSpec, CaptureStatus};
-pub use config::{BindMode, Config};
+pub use config::{BindMode, Config, Congestion};
 pub use device::DeviceCounters;
 pub use error::{Failure, StackError};
 pub use events::ConnEvent;

@@ -158,6 +158,13 @@ impl StackBuilder {
         self.cfg.min_rto = d;
         self
     }
+    /// Congestion control for new connections: CUBIC (the default, as Linux), Reno, or
+    /// `Congestion::None` (only for links you own end to end). The initial window is 10
+    /// segments (RFC 6928).
+    pub fn congestion(mut self, c: crate::config::Congestion) -> Self {
+        self.cfg.congestion = c;
+        self
+    }
     /// TCP keep-alive interval for new connections (default off).
     pub fn keep_alive(mut self, d: Option<Duration>) -> Self {
         self.cfg.keep_alive = d;

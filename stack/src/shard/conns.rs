@@ -14,7 +14,11 @@ use smoltcp::{
 };
 
 use crate::{
-    accept::AcceptQueue, config::Config, error::StackError, ports::PortClaim, timing::TIMING,
+    accept::AcceptQueue,
+    config::{Config, Congestion},
+    error::StackError,
+    ports::PortClaim,
+    timing::TIMING,
 };
 
 /// Closed TCP sockets kept for reuse by listeners: a new socket means allocating and zeroing
@@ -193,6 +197,13 @@ fn apply_options(s: &mut tcp::Socket<'static>, cfg: &Config) {
     s.set_ack_delay(cfg.ack_delay.map(smol));
     s.set_keep_alive(cfg.keep_alive.map(smol));
     s.set_min_rto(smol(cfg.min_rto));
+    // A fresh controller per connection (a recycled socket must not inherit the last one's
+    // window).
+    s.set_congestion_control(match cfg.congestion {
+        Congestion::Cubic => tcp::CongestionControl::Cubic,
+        Congestion::Reno => tcp::CongestionControl::Reno,
+        Congestion::None => tcp::CongestionControl::None,
+    });
     // TCP timestamps (RFC 7323): RTT measurement, and what lets a client reuse its TIME-WAIT
     // ports (tcp_tw_reuse) when it opens many short connections to us.
     s.set_tsval_generator(Some(tcp_tsval));

@@ -1562,10 +1562,14 @@ impl<'a> Socket<'a> {
     }
 
     fn cwnd_remaining(&self) -> usize {
-        self.congestion_controller
-            .inner()
-            .window()
-            .saturating_sub(self.flight_size())
+        let mut window = self.congestion_controller.inner().window();
+        // xsk-stack patch: limited transmit (RFC 3042): on the first and second duplicate ACK
+        // one new segment each may go out beyond the congestion window, so a small window
+        // still draws the three duplicates fast retransmit needs instead of waiting for an RTO.
+        if self.recover.is_none() && (1..=2).contains(&self.local_rx_dup_acks) {
+            window = window.saturating_add(self.local_rx_dup_acks as usize * self.remote_mss);
+        }
+        window.saturating_sub(self.flight_size())
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -11084,6 +11088,7 @@ mod test {
     fn test_info_reports_rtt_rto_and_retransmissions() {
         let mut s = socket_established();
         s.set_min_rto(Duration::from_millis(200));
+        s.set_congestion_control(CongestionControl::None);
         let i = s.info();
         assert_eq!(
             (i.srtt, i.rttvar, i.retransmits, i.cwnd),
@@ -11110,5 +11115,47 @@ mod test {
         assert_eq!(i.rttvar, Some(Duration::from_millis(20)));
         assert_eq!(i.retransmits, 1);
         assert_eq!(i.rto, Duration::from_millis(400), "backed off once");
+    }
+
+    #[test]
+    fn test_initial_window_is_ten_segments() {
+        for (cc, mss, iw) in [
+            (CongestionControl::Cubic, 1460, 14_600),
+            (CongestionControl::Reno, 1460, 14_600),
+            (CongestionControl::Cubic, 536, 5_360),
+            (CongestionControl::Cubic, 9000, 18_000),
+        ] {
+            let mut s = socket_listen();
+            s.set_congestion_control(cc);
+            send!(
+                s,
+                TcpRepr {
+                    control: TcpControl::Syn,
+                    seq_number: REMOTE_SEQ,
+                    ack_number: None,
+                    max_seg_size: Some(mss),
+                    ..SEND_TEMPL
+                }
+            );
+            assert_eq!(s.info().cwnd, Some(iw), "{cc:?} with MSS {mss}");
+        }
+    }
+
+    #[test]
+    fn test_limited_transmit_opens_one_segment_per_early_duplicate() {
+        let mut s = socket_established();
+        s.set_congestion_control(CongestionControl::Reno);
+        let base = s.cwnd_remaining();
+        let mss = s.remote_mss;
+        s.local_rx_dup_acks = 1;
+        assert_eq!(s.cwnd_remaining(), base + mss);
+        s.local_rx_dup_acks = 2;
+        assert_eq!(s.cwnd_remaining(), base + 2 * mss);
+        // From the third, fast retransmit and recovery take over.
+        s.local_rx_dup_acks = 3;
+        assert_eq!(s.cwnd_remaining(), base);
+        s.local_rx_dup_acks = 1;
+        s.recover = Some(LOCAL_SEQ + 1);
+        assert_eq!(s.cwnd_remaining(), base);
     }
 }

@@ -10,6 +10,12 @@ pub(super) mod cubic;
 #[cfg(feature = "socket-tcp-reno")]
 pub(super) mod reno;
 
+/// xsk-stack patch: RFC 6928's initial window: min(10 × MSS, max(2 × MSS, 14 600 bytes)).
+#[allow(unused)]
+pub(super) fn initial_window(mss: usize) -> usize {
+    (10 * mss).min((2 * mss).max(14_600))
+}
+
 #[allow(unused_variables)]
 pub(super) trait Controller {
     /// Returns the number of bytes that can be sent.

@@ -232,6 +232,15 @@ impl Controller for Cubic {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
+        // xsk-stack patch: the initial window of RFC 6928 (about 10 segments) once the MSS is
+        // known; upstream started at 2 KiB. Only called during the handshake.
+        let iw = super::initial_window(mss);
+        if self.cwnd < iw {
+            self.cwnd = iw;
+            self.w_max = iw;
+            self.w_est = iw as f64;
+            self.cwnd_prior = iw;
+        }
         self.recompute_k();
     }
 

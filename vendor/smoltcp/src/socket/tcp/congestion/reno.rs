@@ -101,6 +101,8 @@ impl Controller for Reno {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
+        // xsk-stack patch: the initial window of RFC 6928 (see cubic.rs).
+        self.cwnd = self.cwnd.max(super::initial_window(mss));
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {
