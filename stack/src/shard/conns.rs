@@ -431,6 +431,18 @@ mod tests {
             );
             (server, client)
         }
+        /// `s` was held by the application, which has now dropped it (our FIN is queued).
+        fn held_then_dropped(&mut self, conns: &mut Conns, s: SocketHandle) {
+            conns
+                .tcp
+                .insert(s, Conn::held(tcp::State::Established, None, self.now));
+            self.sockets.get_mut::<tcp::Socket>(s).close();
+            conns
+                .tcp
+                .get_mut(&s)
+                .unwrap()
+                .abandon(self.now + self.cfg.orphan_timeout);
+        }
     }
 
     #[test]
@@ -438,16 +450,8 @@ mod tests {
         let mut net = Net::new();
         let mut conns = Conns::new(61000);
         let (s, c) = net.pair(80);
-        conns
-            .tcp
-            .insert(s, Conn::held(tcp::State::Established, None, net.now));
         // The application drops it; the peer closes too.
-        net.sockets.get_mut::<tcp::Socket>(s).close();
-        conns
-            .tcp
-            .get_mut(&s)
-            .unwrap()
-            .abandon(net.now + net.cfg.orphan_timeout);
+        net.held_then_dropped(&mut conns, s);
         net.sockets.get_mut::<tcp::Socket>(c).close();
         net.advance(Duration::from_millis(1));
         net.sockets.get_mut::<tcp::Socket>(s).abort();
@@ -466,16 +470,8 @@ mod tests {
         let mut net = Net::new();
         let mut conns = Conns::new(61000);
         let (s, _c) = net.pair(81);
-        conns
-            .tcp
-            .insert(s, Conn::held(tcp::State::Established, None, net.now));
         // We close; the peer ACKs our FIN but never sends its own: FIN-WAIT-2.
-        net.sockets.get_mut::<tcp::Socket>(s).close();
-        conns
-            .tcp
-            .get_mut(&s)
-            .unwrap()
-            .abandon(net.now + net.cfg.orphan_timeout);
+        net.held_then_dropped(&mut conns, s);
         net.advance(Duration::from_millis(1));
         assert_eq!(
             net.sockets.get::<tcp::Socket>(s).state(),

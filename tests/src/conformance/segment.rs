@@ -161,18 +161,36 @@ pub fn flag_str(flags: u8) -> String {
     s
 }
 
+/// The fields every segment line shows, sent or received.
+#[allow(clippy::too_many_arguments)]
+fn header(
+    f: &mut fmt::Formatter<'_>,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    window: u16,
+    len: usize,
+) -> fmt::Result {
+    write!(
+        f,
+        "{sport}->{dport} [{}] seq={seq} ack={ack} win={window} len={len}",
+        flag_str(flags)
+    )
+}
+
 impl fmt::Display for Segment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+        header(
             f,
-            "{}->{} [{}] seq={} ack={} win={} len={}",
             self.sport,
             self.dport,
-            flag_str(self.flags),
+            self.flags,
             self.seq,
             self.ack,
             self.window,
-            self.payload.len()
+            self.payload.len(),
         )?;
         let o = &self.opts;
         if let Some(m) = o.mss {
@@ -210,16 +228,15 @@ pub struct Out {
 
 impl fmt::Display for Out {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+        header(
             f,
-            "{}->{} [{}] seq={} ack={} win={} len={}",
             self.sport,
             self.dport,
-            flag_str(self.flags),
+            self.flags,
             self.seq,
             self.ack,
             self.window,
-            self.payload.len()
+            self.payload.len(),
         )?;
         if let Some(o) = TcpOpts::parse(&self.opts) {
             if o != TcpOpts::default() {
